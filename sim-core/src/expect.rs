@@ -1,0 +1,1 @@
+//! Judging expectations against a run's observations.
