@@ -1,10 +1,568 @@
 //! The virtual-time harness: runs a scenario's meters, links and head-end and collects what
 //! the expectations are judged on.
+//!
+//! Data flow per meter (meters are independent, so they run in parallel and in any order
+//! without changing a single bit of the result):
+//! supply model → samples (`waveform`) or half-cycle mean squares (`rms`) → measurement →
+//! meter logic (trips, readings, store-and-forward ring) → link (latency, loss, outages).
+//! The head-end then ingests every delivery of every meter in delivery-time order.
 
-use crate::outcome::ScenarioOutcome;
-use crate::scenario::Scenario;
+use rayon::prelude::*;
+
+use crate::disturbance::Disturbance;
+use crate::expect;
+use crate::grid::Phase;
+use crate::head_end::{Alarm, AlarmKind, HeadEnd};
+use crate::measure::{Aggregator, MeasureConfig, MeasureEvent, Measurement, PqEvent};
+use crate::meter::{self, Message, Meter, MeterConfig, MeterEvent};
+use crate::network::Link;
+use crate::outcome::{LatencySummary, RunStats, ScenarioOutcome, TimelineEntry};
+use crate::rms_model::RmsFidelity;
+use crate::scenario::{
+    EventCode, Expectation, Fidelity, MeterGroup, NetworkEventKind, Quantity, Scenario,
+};
+use crate::synth::{resolve_point_on_wave, SampleBlock, SupplyModel, Synthesizer};
+use crate::time::Seconds;
+
+/// Samples per channel per synthesis block (0.32 s at 12.8 kHz): large enough to amortise
+/// per-block work, small enough to stay in L2 cache.
+const BLOCK: usize = 4096;
+/// Grid time per step of the `rms` fidelity.
+const RMS_STEP: Seconds = 0.25;
+/// Longest timeline kept in an outcome.
+const TIMELINE_MAX: usize = 200;
+
+/// A value the expectations want from a group's probe meter (meter 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    pub quantity: Quantity,
+    pub ch: usize,
+    pub at: Seconds,
+    /// The value of the window that contains `at`, with that window's bounds.
+    pub value: Option<(f64, Seconds, Seconds)>,
+}
+
+/// What one meter did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeterRecord {
+    pub id: u32,
+    pub group: usize,
+    /// Index within its group.
+    pub index: u32,
+    /// The meter's local event log: trips and clears with source timestamps.
+    pub events: Vec<(Seconds, MeterEvent)>,
+    pub produced: u64,
+    pub overflowed: u64,
+    pub buffered_at_end: u64,
+}
+
+/// A trip alarm at the head-end, attributed to the disturbance onset that caused it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmRecord {
+    pub alarm: Alarm,
+    pub group: usize,
+    /// Onset of the voltage disturbance the trip is attributed to (0 = scenario start).
+    pub onset: Seconds,
+}
+
+impl AlarmRecord {
+    /// Onset-to-alarm latency.
+    pub fn latency(&self) -> Seconds {
+        self.alarm.receive_time - self.onset
+    }
+}
+
+/// Everything a run observed; expectations are judged on this alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observations {
+    pub meters: Vec<MeterRecord>,
+    /// Probe values per group (meter 0 of each group).
+    pub probes: Vec<Vec<Probe>>,
+    /// Power-quality events of each group's probe meter.
+    pub pq_events: Vec<Vec<PqEvent>>,
+    /// Trip alarms raised by the head-end (first delivery of each trip event).
+    pub trip_alarms: Vec<AlarmRecord>,
+    pub stats: RunStats,
+    pub timeline: Vec<TimelineEntry>,
+}
 
 /// Run `scenario` in sim mode. `file` is the path shown in reports.
-pub fn run(_scenario: &Scenario, _file: &str) -> ScenarioOutcome {
-    unimplemented!("harness::run")
+pub fn run(scenario: &Scenario, file: &str) -> ScenarioOutcome {
+    let obs = simulate(scenario);
+    let expectations = expect::evaluate(scenario, &obs);
+    ScenarioOutcome {
+        name: scenario.name.clone(),
+        file: file.to_string(),
+        description: scenario.description.clone(),
+        tags: scenario.tags.clone(),
+        seed: scenario.seed,
+        mode: "sim",
+        duration: scenario.duration,
+        stats: obs.stats,
+        expectations,
+        timeline: obs.timeline,
+    }
+}
+
+/// Onsets of voltage disturbances that apply to `group` and `phase`, sorted; the scenario start
+/// (power-on) counts as an onset at 0.
+pub fn voltage_onsets(scenario: &Scenario, group: usize, phase: Phase) -> Vec<Seconds> {
+    let mut onsets: Vec<Seconds> = std::iter::once(0.0)
+        .chain(resolved_disturbances(scenario, group).iter().filter_map(|d| {
+            (d.kind.is_voltage_onset() && d.phases.contains(phase)).then_some(d.at)
+        }))
+        .collect();
+    onsets.sort_by(f64::total_cmp);
+    onsets
+}
+
+/// The latest onset at or before `t`.
+pub fn attribute_onset(onsets: &[Seconds], t: Seconds) -> Seconds {
+    let i = onsets.partition_point(|&o| o <= t + 1e-12);
+    if i == 0 {
+        0.0
+    } else {
+        onsets[i - 1]
+    }
+}
+
+fn resolved_disturbances(scenario: &Scenario, group: usize) -> Vec<Disturbance> {
+    let mut ds: Vec<Disturbance> =
+        scenario.disturbances.iter().filter(|d| d.applies_to_group(group)).cloned().collect();
+    resolve_point_on_wave(&scenario.grid, &mut ds);
+    ds
+}
+
+/// Deterministic per-meter seed: SplitMix64 of the scenario seed, the meter id and a stream tag.
+fn derive_seed(seed: u64, meter: u32, stream: u64) -> u64 {
+    let mut z = seed
+        ^ (u64::from(meter).wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// What one meter's simulation returns.
+struct MeterRun {
+    record: MeterRecord,
+    deliveries: Vec<(Seconds, Message)>,
+    probes: Vec<Probe>,
+    pq_events: Vec<PqEvent>,
+    samples: u64,
+    half_cycles: u64,
+}
+
+/// Simulate every meter, then the head-end, and gather observations.
+pub fn simulate(scenario: &Scenario) -> Observations {
+    let mut jobs = Vec::new();
+    let mut next_id = 0_u32;
+    for (g, group) in scenario.groups.iter().enumerate() {
+        for index in 0..group.count {
+            jobs.push((g, index, next_id));
+            next_id += 1;
+        }
+    }
+    let group_models: Vec<SupplyModel> = (0..scenario.groups.len())
+        .map(|g| SupplyModel::new(&scenario.grid, resolved_disturbances(scenario, g)))
+        .collect();
+    let probe_requests: Vec<Vec<Probe>> =
+        (0..scenario.groups.len()).map(|g| probe_requests(scenario, g)).collect();
+
+    let runs: Vec<MeterRun> = jobs
+        .par_iter()
+        .map(|&(g, index, id)| {
+            let probes = if index == 0 { probe_requests[g].clone() } else { Vec::new() };
+            simulate_meter(scenario, g, index, id, group_models[g].clone(), probes)
+        })
+        .collect();
+
+    // Head-end: every delivery of every meter, in delivery order.
+    let mut deliveries: Vec<(Seconds, &Message)> =
+        runs.iter().flat_map(|r| r.deliveries.iter().map(|(t, m)| (*t, m))).collect();
+    deliveries.sort_by(|a, b| {
+        a.0.total_cmp(&b.0).then(a.1.meter.cmp(&b.1.meter)).then(a.1.seq.cmp(&b.1.seq))
+    });
+    let mut head_end = HeadEnd::new(scenario.head_end);
+    let mut next_stale_check = 1.0;
+    for (t, msg) in &deliveries {
+        while next_stale_check <= *t {
+            head_end.check_stale(next_stale_check);
+            next_stale_check += 1.0;
+        }
+        head_end.receive(*t, msg);
+    }
+    while next_stale_check <= scenario.duration {
+        head_end.check_stale(next_stale_check);
+        next_stale_check += 1.0;
+    }
+
+    let group_of: Vec<usize> = jobs.iter().map(|&(g, _, _)| g).collect();
+    let mut onset_cache: Vec<[Option<Vec<Seconds>>; 3]> =
+        vec![[None, None, None]; scenario.groups.len()];
+    let mut trip_alarms = Vec::new();
+    for alarm in head_end.alarms() {
+        if let (AlarmKind::Trip(_), Some(phase)) = (&alarm.kind, alarm.phase) {
+            let group = group_of.get(alarm.meter as usize).copied().unwrap_or(0);
+            let onsets = onset_cache[group][phase.index()]
+                .get_or_insert_with(|| voltage_onsets(scenario, group, phase));
+            let onset = attribute_onset(onsets, alarm.source_time);
+            trip_alarms.push(AlarmRecord { alarm: alarm.clone(), group, onset });
+        }
+    }
+
+    let mut stats = RunStats { meters: runs.len() as u64, ..RunStats::default() };
+    let mut meters = Vec::with_capacity(runs.len());
+    let mut probes = vec![Vec::new(); scenario.groups.len()];
+    let mut pq_events = vec![Vec::new(); scenario.groups.len()];
+    for run in runs {
+        stats.samples += run.samples;
+        stats.half_cycles += run.half_cycles;
+        stats.produced += run.record.produced;
+        stats.overflowed += run.record.overflowed;
+        stats.buffered_at_end += run.record.buffered_at_end;
+        for (_, ev) in &run.record.events {
+            if ev.code.is_trip() {
+                stats.trips += 1;
+            } else {
+                stats.clears += 1;
+            }
+        }
+        let missing = head_end.missing(run.record.id, run.record.produced);
+        stats.unexplained_loss +=
+            missing.saturating_sub(run.record.overflowed + run.record.buffered_at_end);
+        if run.record.index == 0 {
+            probes[run.record.group] = run.probes;
+            pq_events[run.record.group] = run.pq_events;
+        }
+        meters.push(run.record);
+    }
+    stats.delivered = head_end.unique();
+    stats.duplicates = head_end.duplicates();
+    stats.alarms = head_end.alarms().len() as u64;
+    let latencies: Vec<Seconds> = trip_alarms.iter().map(AlarmRecord::latency).collect();
+    stats.alarm_latency = latency_summary(&latencies);
+
+    let timeline = timeline(scenario, &meters, &trip_alarms);
+    Observations { meters, probes, pq_events, trip_alarms, stats, timeline }
+}
+
+/// p50 / p99 / max by the nearest-rank method.
+pub fn latency_summary(latencies: &[Seconds]) -> LatencySummary {
+    if latencies.is_empty() {
+        return LatencySummary::default();
+    }
+    let mut sorted = latencies.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    LatencySummary {
+        count: sorted.len() as u64,
+        p50: percentile(&sorted, 50.0),
+        p99: percentile(&sorted, 99.0),
+        max: sorted[sorted.len() - 1],
+    }
+}
+
+/// Nearest-rank percentile of sorted, non-empty data.
+pub fn percentile(sorted: &[Seconds], p: f64) -> Seconds {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn probe_requests(scenario: &Scenario, group: usize) -> Vec<Probe> {
+    scenario
+        .expectations
+        .iter()
+        .filter_map(|e| match e {
+            Expectation::Measurement { quantity, group: g, phase, at, .. } if *g == group => {
+                Some(Probe { quantity: *quantity, ch: phase.index(), at: *at, value: None })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn measure_config(scenario: &Scenario, group: usize) -> MeasureConfig {
+    let wants = |q: Quantity| {
+        scenario.expectations.iter().any(|e| {
+            matches!(e, Expectation::Measurement { quantity, group: g, .. } if *quantity == q && *g == group)
+        })
+    };
+    MeasureConfig {
+        nominal: scenario.grid.nominal,
+        frequency: scenario.grid.frequency,
+        sample_rate: scenario.grid.sample_rate,
+        channels: scenario.grid.channels(),
+        thd: wants(Quantity::Thd),
+        power: scenario.grid.load.is_some()
+            && (wants(Quantity::ActivePower) || wants(Quantity::Energy)),
+        pq: scenario.pq,
+    }
+}
+
+fn simulate_meter(
+    scenario: &Scenario,
+    g: usize,
+    index: u32,
+    id: u32,
+    model: SupplyModel,
+    mut probes: Vec<Probe>,
+) -> MeterRun {
+    let group: &MeterGroup = &scenario.groups[g];
+    let cfg = measure_config(scenario, g);
+    let mut meter = Meter::new(MeterConfig {
+        id,
+        channels: cfg.channels,
+        thresholds: group.thresholds,
+        rbe: group.rbe,
+        buffer_capacity: group.buffer_capacity,
+    });
+    let windows = scenario.network.iter().filter(|n| n.groups.is_empty() || n.groups.contains(&g));
+    let mut link = Link::new(group.link, windows.cloned().collect(), derive_seed(scenario.seed, id, 2));
+    let mut out = MeterSink {
+        deliveries: Vec::new(),
+        pq_events: Vec::new(),
+        scratch: Vec::new(),
+        half_cycles: 0,
+        keep_pq: index == 0,
+    };
+    let end = scenario.duration;
+    let mut samples = 0_u64;
+    let mut events: Vec<MeasureEvent> = Vec::with_capacity(1024);
+
+    match group.fidelity {
+        Fidelity::Waveform => {
+            let fs = scenario.grid.sample_rate;
+            let total = (end * fs).round() as u64;
+            let mut synth = Synthesizer::new(model, derive_seed(scenario.seed, id, 1));
+            let mut measurement = Measurement::new(&cfg);
+            let mut block = SampleBlock::new(cfg.channels, BLOCK, fs, cfg.power);
+            let ideal_front_end = group.front_end == crate::scenario::FrontEnd::default();
+            while samples < total {
+                let n = (total - samples).min(BLOCK as u64) as usize;
+                synth.fill(&mut block, n);
+                if !ideal_front_end {
+                    meter::apply_front_end(&group.front_end, &mut block, n);
+                }
+                events.clear();
+                measurement.push(&block, &mut events);
+                samples += n as u64;
+                out.consume(&mut events, &mut meter, &mut link, &mut probes);
+            }
+            events.clear();
+            measurement.finish(end, &mut events);
+            out.consume(&mut events, &mut meter, &mut link, &mut probes);
+        }
+        Fidelity::Rms => {
+            let mut rms = RmsFidelity::new(model, &cfg, derive_seed(scenario.seed, id, 1));
+            let mut aggregator = Aggregator::new(&cfg);
+            let mut front: Vec<MeasureEvent> = Vec::with_capacity(1024);
+            let mut t = 0.0;
+            while t < end {
+                let until = (t + RMS_STEP).min(end);
+                front.clear();
+                rms.advance(until, &mut front);
+                events.clear();
+                for ev in front.drain(..) {
+                    if let MeasureEvent::HalfCycle { ch, t_start, t_end, ms } = ev {
+                        let ms = meter::front_end_ms(&group.front_end, ch, ms);
+                        events.push(MeasureEvent::HalfCycle { ch, t_start, t_end, ms });
+                        aggregator.push_half_cycle(ch, t_start, t_end, ms, &mut events);
+                    } else {
+                        events.push(ev);
+                    }
+                }
+                out.consume(&mut events, &mut meter, &mut link, &mut probes);
+                t = until;
+            }
+            events.clear();
+            aggregator.finish(end, &mut events);
+            out.consume(&mut events, &mut meter, &mut link, &mut probes);
+        }
+    }
+
+    // End of the scenario: take the readings due, flush what the link lets through.
+    meter.advance(end);
+    out.flush(end, &mut meter, &mut link);
+    let buffered_at_end = meter.buffered() as u64;
+    MeterRun {
+        record: MeterRecord {
+            id,
+            group: g,
+            index,
+            events: meter.event_log().to_vec(),
+            produced: meter.produced(),
+            overflowed: meter.overflowed(),
+            buffered_at_end,
+        },
+        deliveries: out.deliveries,
+        probes,
+        pq_events: out.pq_events,
+        samples: samples * cfg.channels as u64,
+        half_cycles: out.half_cycles,
+    }
+}
+
+/// Routes one meter's measurement events to the meter, the probes and the link.
+struct MeterSink {
+    deliveries: Vec<(Seconds, Message)>,
+    pq_events: Vec<PqEvent>,
+    scratch: Vec<Seconds>,
+    half_cycles: u64,
+    keep_pq: bool,
+}
+
+impl MeterSink {
+    fn consume(
+        &mut self,
+        events: &mut [MeasureEvent],
+        meter: &mut Meter,
+        link: &mut Link,
+        probes: &mut [Probe],
+    ) {
+        // Channels interleave within a block; the meter needs one time order.
+        events.sort_by(|a, b| a.time().total_cmp(&b.time()));
+        for ev in events.iter() {
+            match ev {
+                MeasureEvent::HalfCycle { .. } => self.half_cycles += 1,
+                MeasureEvent::Pq(pq) if self.keep_pq => self.pq_events.push(pq.clone()),
+                _ => {}
+            }
+            for probe in probes.iter_mut() {
+                probe.offer(ev);
+            }
+            meter.on_measure(ev);
+            self.flush(ev.time(), meter, link);
+        }
+    }
+
+    /// Hand every buffered message to the link if it is up at `now`. A message produced while
+    /// the link was down leaves when the link came back (or when it was produced, if later).
+    fn flush(&mut self, now: Seconds, meter: &mut Meter, link: &mut Link) {
+        if !link.is_up(now) {
+            return;
+        }
+        while let Some(msg) = meter.poll_transmit() {
+            let send_at = link.next_up(msg.source_time).min(now).max(msg.source_time);
+            self.scratch.clear();
+            link.transmit(send_at, &mut self.scratch);
+            for &t in &self.scratch {
+                self.deliveries.push((t, msg.clone()));
+            }
+        }
+    }
+}
+
+impl Probe {
+    fn offer(&mut self, ev: &MeasureEvent) {
+        if self.value.is_some() {
+            return;
+        }
+        let hit = |ch: usize, t0: Seconds, t1: Seconds| ch == self.ch && t0 <= self.at && self.at < t1;
+        let v = match (self.quantity, ev) {
+            (Quantity::Rms10Cycle, MeasureEvent::Rms10 { ch, t_start, t_end, value, .. })
+            | (Quantity::Rms150Cycle, MeasureEvent::Rms150 { ch, t_start, t_end, value, .. })
+            | (Quantity::UrmsHalfCycle, MeasureEvent::UrmsHalf { ch, t_start, t_end, value })
+            | (Quantity::Thd, MeasureEvent::Thd { ch, t_start, t_end, percent: value })
+            | (Quantity::ActivePower, MeasureEvent::Power { ch, t_start, t_end, watts: value, .. }) => {
+                hit(*ch, *t_start, *t_end).then_some((*value, *t_start, *t_end))
+            }
+            (Quantity::Energy, MeasureEvent::Power { ch, t_start, t_end, energy_wh, .. }) => {
+                (*ch == self.ch && self.at < *t_end).then_some((*energy_wh, *t_start, *t_end))
+            }
+            (Quantity::Frequency, MeasureEvent::Frequency { t_start, t_end, hz }) => {
+                (*t_start <= self.at && self.at < *t_end).then_some((*hz, *t_start, *t_end))
+            }
+            _ => None,
+        };
+        if v.is_some() {
+            self.value = v;
+        }
+    }
+}
+
+fn timeline(
+    scenario: &Scenario,
+    meters: &[MeterRecord],
+    trip_alarms: &[AlarmRecord],
+) -> Vec<TimelineEntry> {
+    let mut entries = Vec::new();
+    let group_names = |groups: &[usize]| {
+        if groups.is_empty() {
+            "all groups".to_string()
+        } else {
+            groups
+                .iter()
+                .filter_map(|g| scenario.groups.get(*g).map(|x| x.name.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let mut ds = scenario.disturbances.clone();
+    resolve_point_on_wave(&scenario.grid, &mut ds);
+    for d in &ds {
+        let phases: Vec<&str> = d.phases.iter().map(Phase::name).collect();
+        entries.push(TimelineEntry {
+            at: d.at,
+            what: format!(
+                "{} on {} ({}) for {:.3} s",
+                d.kind.name(),
+                phases.join("/"),
+                group_names(&d.groups),
+                d.kind.duration()
+            ),
+        });
+    }
+    for n in &scenario.network {
+        let kind = match n.kind {
+            NetworkEventKind::RfLoss => "rf_loss".to_string(),
+            NetworkEventKind::Latency { extra, .. } => format!("latency +{:.1} ms", extra * 1e3),
+            NetworkEventKind::Loss { probability } => format!("packet_loss {probability}"),
+        };
+        entries.push(TimelineEntry {
+            at: n.at,
+            what: format!("{kind} on {} for {:.3} s", group_names(&n.groups), n.duration),
+        });
+    }
+    // First trip of each (group, code, phase) at any meter, and the first alarm for it.
+    let mut firsts: Vec<(usize, EventCode, Phase, Seconds, u32)> = Vec::new();
+    for m in meters {
+        for (t, ev) in &m.events {
+            let key = (m.group, ev.code, ev.phase);
+            match firsts.iter_mut().find(|f| (f.0, f.1, f.2) == key) {
+                Some(f) if *t < f.3 => {
+                    f.3 = *t;
+                    f.4 = m.index;
+                }
+                Some(_) => {}
+                None => firsts.push((m.group, ev.code, ev.phase, *t, m.index)),
+            }
+        }
+    }
+    for (g, code, phase, t, index) in firsts {
+        let name = &scenario.groups[g].name;
+        entries.push(TimelineEntry {
+            at: t,
+            what: format!("first {} on {phase} at {name}/{index}", code.name()),
+        });
+    }
+    let mut first_alarm: Vec<(usize, Seconds, u32)> = Vec::new();
+    for a in trip_alarms {
+        match first_alarm.iter_mut().find(|f| f.0 == a.group) {
+            Some(f) if a.alarm.receive_time < f.1 => {
+                f.1 = a.alarm.receive_time;
+                f.2 = a.alarm.meter;
+            }
+            Some(_) => {}
+            None => first_alarm.push((a.group, a.alarm.receive_time, a.alarm.meter)),
+        }
+    }
+    for (g, t, meter) in first_alarm {
+        entries.push(TimelineEntry {
+            at: t,
+            what: format!("first trip alarm at the head-end for {} (meter #{meter})", scenario.groups[g].name),
+        });
+    }
+    entries.sort_by(|a, b| a.at.total_cmp(&b.at).then_with(|| a.what.cmp(&b.what)));
+    entries.truncate(TIMELINE_MAX);
+    entries
 }
