@@ -183,9 +183,9 @@ fn alarm_latency_is_onset_to_head_end() {
     s.expectations.push(Expectation::AlarmLatency { p50: None, p99: Some(0.05), max: None });
     let out = harness::run(&s, "test");
     assert_eq!(out.stats.alarm_latency.count, 20);
-    // Urms(1/2) of a half-sagged cycle at 0.5 pu is 0.79 pu < 210/240: trip 1/4 cycle after the
-    // peak onset, alarm 20 ms later.
-    let expected = 0.25 / 60.0 + 0.02;
+    // Onset at the peak: the window ending 1/4 cycle later still reads 0.90 pu (216 V), the one
+    // ending 3/4 cycle after onset reads 0.66 pu, so the trip is at +12.5 ms, the alarm 20 ms later.
+    let expected = 0.75 / 60.0 + 0.02;
     assert!((out.stats.alarm_latency.max - expected).abs() < 2e-4, "{:?}", out.stats.alarm_latency);
     assert!(out.passed());
 }
