@@ -400,6 +400,133 @@ mod tests {
         assert_eq!(he.alarms()[2].source_time, 21.9);
     }
 
+    /// Meter → link → head-end through a 30 s RF outage: with a ring large enough nothing is
+    /// lost; with a ring of 10 exactly the overflowed readings are missing and the overflow
+    /// alarm reports that many; QoS-1 duplicates are all caught.
+    fn outage_run(
+        capacity: usize,
+        loss: f64,
+    ) -> (crate::meter::Meter, HeadEnd, crate::network::Link) {
+        use crate::meter::{Meter, MeterConfig};
+        use crate::network::Link;
+        use crate::scenario::{LinkSpec, NetworkEvent, NetworkEventKind, RbeSpec, Thresholds};
+        let rbe = RbeSpec {
+            delta: None,
+            heartbeat: 60.0,
+            interval: 1.0,
+        };
+        let cfg = MeterConfig {
+            id: 5,
+            channels: 1,
+            thresholds: Thresholds::default(),
+            rbe,
+            buffer_capacity: capacity,
+        };
+        let mut meter = Meter::new(cfg);
+        let outage = NetworkEvent {
+            at: 30.0,
+            duration: 30.0,
+            groups: Vec::new(),
+            kind: NetworkEventKind::RfLoss,
+        };
+        let mut link = Link::new(
+            LinkSpec {
+                latency: 0.05,
+                jitter: 0.01,
+                loss,
+                retry: 0.5,
+            },
+            vec![outage],
+            17,
+        );
+        let mut he = HeadEnd::new(HeadEndSpec { stale_after: 10.0 });
+        let mut in_flight: Vec<(f64, Message)> = Vec::new();
+        let mut deliveries = Vec::new();
+        for step in 1..=12_000 {
+            let t = f64::from(step) * 0.01;
+            if step % 20 == 0 {
+                let ev = crate::measure::MeasureEvent::Rms10 {
+                    ch: 0,
+                    t_start: t - 0.2,
+                    t_end: t,
+                    value: 230.0,
+                    flagged: false,
+                };
+                meter.on_measure(&ev);
+            }
+            meter.advance(t);
+            if link.is_up(t) {
+                while let Some(msg) = meter.poll_transmit() {
+                    deliveries.clear();
+                    link.transmit(t, &mut deliveries);
+                    in_flight.extend(deliveries.iter().map(|&d| (d, msg.clone())));
+                }
+            }
+            in_flight.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let due = in_flight.partition_point(|(d, _)| *d <= t);
+            for (d, msg) in in_flight.drain(..due) {
+                he.receive(d, &msg);
+            }
+            he.check_stale(t);
+        }
+        for (d, msg) in in_flight.drain(..) {
+            he.receive(d, &msg);
+        }
+        (meter, he, link)
+    }
+
+    #[test]
+    fn outage_with_large_ring_loses_nothing() {
+        let (meter, he, link) = outage_run(4096, 0.2);
+        assert_eq!(meter.produced(), 120);
+        assert_eq!(meter.overflowed(), 0);
+        assert_eq!(he.missing(5, meter.produced()), 0);
+        assert_eq!(he.unique(), 120);
+        assert_eq!(he.duplicates(), link.deliveries() - 120);
+        assert!(
+            he.duplicates() > 0,
+            "loss 0.2 on 120 messages makes duplicates"
+        );
+        assert!(!he
+            .alarms()
+            .iter()
+            .any(|a| matches!(a.kind, AlarmKind::BufferOverflow { .. })));
+        // Stale once during the outage (newest source 29 s, stale after 10 s → at 39.01 s).
+        let stale: Vec<&Alarm> = he
+            .alarms()
+            .iter()
+            .filter(|a| a.kind == AlarmKind::Stale)
+            .collect();
+        assert_eq!(stale.len(), 1);
+        assert!(
+            (stale[0].source_time - 29.0).abs() < 1e-9
+                && (stale[0].receive_time - 39.01).abs() < 1e-9
+        );
+    }
+
+    #[test]
+    fn outage_with_small_ring_loses_exactly_the_overflow() {
+        let (meter, he, _) = outage_run(10, 0.0);
+        // Readings at ticks 30..=60 (31) wait for the link, which is back at 60: 21 dropped.
+        assert_eq!(meter.overflowed(), 21);
+        assert_eq!(he.missing(5, meter.produced()), 21);
+        assert_eq!(he.duplicates(), 0);
+        let dropped: u64 = he
+            .alarms()
+            .iter()
+            .filter_map(|a| match a.kind {
+                AlarmKind::BufferOverflow { dropped } => Some(dropped),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(dropped, 21);
+        assert_eq!(
+            he.seq_gaps(5),
+            1,
+            "one overflow hole costs one run of memory"
+        );
+    }
+
     proptest! {
         /// Any arrival order with any duplicates: unique / duplicates / missing agree with a
         /// plain set, and the memory stays at most one run per gap.
