@@ -388,6 +388,13 @@ impl Meter {
         }
     }
 
+    /// When the next reading tick falls due (`None` if the interval takes no readings): the
+    /// harness can call [`Meter::advance`] then without stepping through every half cycle.
+    pub fn poll_timeout(&self) -> Option<Seconds> {
+        let interval = self.cfg.rbe.interval;
+        (interval > 0.0 && interval.is_finite()).then(|| self.next_tick as f64 * interval)
+    }
+
     /// Oldest message waiting in the store-and-forward ring (call only while the link is up).
     pub fn poll_transmit(&mut self) -> Option<Message> {
         self.ring.pop()
@@ -844,6 +851,7 @@ mod tests {
             .collect();
         // Ticks 0.5, 1.0, …, 5.0; the first is sent, then every 2 s of heartbeat.
         assert_eq!(times, vec![0.5, 2.5, 4.5]);
+        assert_eq!(m.poll_timeout(), Some(5.5));
         // Channels beyond the meter's and non-positive intervals are ignored safely.
         let mut one = Meter::new(MeterConfig {
             channels: 1,
@@ -859,6 +867,7 @@ mod tests {
         one.on_measure(&rms10(2, 1.0, 100.0));
         one.advance(1e9);
         assert_eq!(one.produced(), 0);
+        assert_eq!(one.poll_timeout(), None);
         assert_eq!(one.id(), 7);
     }
 
