@@ -392,7 +392,7 @@ impl Meter {
     /// harness can call [`Meter::advance`] then without stepping through every half cycle.
     pub fn poll_timeout(&self) -> Option<Seconds> {
         let interval = self.cfg.rbe.interval;
-        (interval > 0.0 && interval.is_finite()).then(|| self.next_tick as f64 * interval)
+        (interval > 0.0 && interval.is_finite()).then_some(self.next_tick as f64 * interval)
     }
 
     /// Oldest message waiting in the store-and-forward ring (call only while the link is up).
