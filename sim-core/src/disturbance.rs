@@ -131,7 +131,7 @@ pub enum DisturbanceKind {
         return_to_nominal: bool,
     },
     /// Per-phase magnitude (pu) and angle (degrees) offsets: the phases in `Disturbance::phases`
-    /// take magnitudes[i]/angles[i].
+    /// take `magnitudes[i]` / `angles[i]`.
     Unbalance {
         magnitudes: [f64; 3],
         angles_deg: [f64; 3],
