@@ -1,0 +1,394 @@
+//! `gridloop run`: load everything, filter, run in parallel, report in input order.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
+use reports::{JsonReporter, JunitReporter, Reporter, RunEvent, RunSummary, TerminalReporter};
+use sim_core::outcome::{ExpectationOutcome, ScenarioOutcome};
+
+use crate::args::RunArgs;
+use crate::exit::{
+    CommandResult, Failure, OrExit, ENVIRONMENT, EXPECTATION_FAILED, NOTHING_RAN, SUCCESS,
+};
+use crate::load::{self, LoadedScenario};
+
+/// Expectation kind reported for a scenario whose run panicked.
+pub const PANIC_KIND: &str = "panic";
+
+pub fn run(args: &RunArgs, color: bool) -> CommandResult {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.jobs.map_or(0, |n| n.get()))
+        .thread_name(|i| format!("gridloop-run-{i}"))
+        .build()
+        .or_exit(ENVIRONMENT, || "cannot start the worker threads".into())?;
+
+    let loaded = pool.install(|| load::load_valid(&args.paths.paths))?;
+    let loaded_count = loaded.len();
+    let mut jobs: Vec<LoadedScenario> = loaded
+        .into_iter()
+        .filter(|l| args.filter.accepts(&l.scenario.tags))
+        .collect();
+    if jobs.is_empty() {
+        return Err(Failure::msg(
+            NOTHING_RAN,
+            format!(
+                "no scenario has any of the tags {} ({loaded_count} loaded); nothing ran",
+                args.filter.describe()
+            ),
+        ));
+    }
+    if let Some(seed) = args.seed {
+        for job in &mut jobs {
+            job.scenario.seed = seed;
+        }
+    }
+
+    // Open report files before spending time on the run, so a bad path fails fast.
+    let mut file_reporters: Vec<(String, Box<dyn Reporter>)> = Vec::new();
+    if let Some(path) = &args.junit {
+        let out = create(path, "JUnit")?;
+        file_reporters.push((
+            path.display().to_string(),
+            Box::new(JunitReporter::new(out)),
+        ));
+    }
+    if let Some(path) = &args.json {
+        let out = create(path, "JSON")?;
+        file_reporters.push((path.display().to_string(), Box::new(JsonReporter::new(out))));
+    }
+
+    let mut terminal = TerminalReporter::new(std::io::stdout().lock())
+        .with_color(color)
+        .with_quiet(args.quiet);
+    let bar = progress_bar(jobs.len(), args.quiet);
+    let mut terminal_ok = true;
+    let mut to_terminal = |event: &RunEvent<'_>| {
+        if terminal_ok {
+            if let Err(e) = bar.suspend(|| terminal.on_event(event)) {
+                // Keep going: the exit code and the report files still carry the verdict.
+                tracing::warn!("terminal summary stopped: {e}");
+                terminal_ok = false;
+            }
+        }
+    };
+
+    let started = RunEvent::RunStarted {
+        scenarios: jobs.len(),
+    };
+    to_terminal(&started);
+    let mut file_errors = Vec::new();
+    for (path, r) in &mut file_reporters {
+        if let Err(e) = r.on_event(&started) {
+            file_errors.push(format!("{path}: {e}"));
+        }
+    }
+
+    let outcomes = run_in_order(&pool, &jobs, sim_core::harness::run, |outcome, wall| {
+        bar.inc(1);
+        to_terminal(&RunEvent::ScenarioFinished {
+            outcome,
+            wall: Some(wall),
+        });
+        for (path, r) in &mut file_reporters {
+            // Deterministic reports: the wall clock stays out of them.
+            if let Err(e) = r.on_event(&RunEvent::ScenarioFinished {
+                outcome,
+                wall: None,
+            }) {
+                file_errors.push(format!("{path}: {e}"));
+            }
+        }
+    });
+    bar.finish_and_clear();
+
+    let summary = RunSummary::new(outcomes, args.seed);
+    let finished = RunEvent::RunFinished { summary: &summary };
+    to_terminal(&finished);
+    for (path, r) in &mut file_reporters {
+        if let Err(e) = r.on_event(&finished) {
+            file_errors.push(format!("{path}: {e}"));
+        }
+    }
+    if !file_errors.is_empty() {
+        return Err(Failure::msg(ENVIRONMENT, file_errors.join("\n")));
+    }
+    Ok(if summary.passed() {
+        SUCCESS
+    } else {
+        EXPECTATION_FAILED
+    })
+}
+
+fn create(path: &Path, what: &str) -> Result<BufWriter<File>, Failure> {
+    File::create(path)
+        .map(BufWriter::new)
+        .or_exit(ENVIRONMENT, || {
+            format!("cannot create the {what} file {}", path.display())
+        })
+}
+
+fn progress_bar(len: usize, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} scenarios  {elapsed}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Run every job on `pool`, calling `on_finished` on this thread for each outcome **in input
+/// order** as soon as it and all before it are done; returns the outcomes in input order.
+///
+/// `runner` is `sim_core::harness::run` in production; each call is guarded by [`run_guarded`].
+pub fn run_in_order<R>(
+    pool: &rayon::ThreadPool,
+    jobs: &[LoadedScenario],
+    runner: R,
+    mut on_finished: impl FnMut(&ScenarioOutcome, Duration),
+) -> Vec<ScenarioOutcome>
+where
+    R: Fn(&sim_core::Scenario, &str) -> ScenarioOutcome + Sync,
+{
+    let (tx, rx) = mpsc::channel::<(usize, ScenarioOutcome, Duration)>();
+    let mut pending: Vec<Option<(ScenarioOutcome, Duration)>> = jobs.iter().map(|_| None).collect();
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    std::thread::scope(|s| {
+        let runner = &runner;
+        s.spawn(move || {
+            pool.install(|| {
+                jobs.par_iter()
+                    .enumerate()
+                    .for_each_with(tx, |tx, (i, job)| {
+                        let start = Instant::now();
+                        let outcome = run_guarded(job, runner);
+                        // The receiver only goes away if this thread's scope is gone.
+                        let _ = tx.send((i, outcome, start.elapsed()));
+                    });
+            });
+        });
+        for (i, outcome, wall) in rx {
+            pending[i] = Some((outcome, wall));
+            while let Some(slot) = pending.get_mut(outcomes.len()) {
+                let Some((outcome, wall)) = slot.take() else {
+                    break;
+                };
+                on_finished(&outcome, wall);
+                outcomes.push(outcome);
+            }
+        }
+    });
+    outcomes
+}
+
+/// Run one scenario; a panic becomes a failed scenario that says so.
+pub fn run_guarded<R>(job: &LoadedScenario, runner: R) -> ScenarioOutcome
+where
+    R: Fn(&sim_core::Scenario, &str) -> ScenarioOutcome,
+{
+    LAST_PANIC.with(|p| p.borrow_mut().take());
+    match catch_unwind(AssertUnwindSafe(|| runner(&job.scenario, &job.display))) {
+        Ok(outcome) => outcome,
+        Err(payload) => {
+            let location = LAST_PANIC.with(|p| p.borrow_mut().take());
+            panicked_outcome(job, &panic_message(payload.as_ref()), location)
+        }
+    }
+}
+
+thread_local! {
+    /// Where the last panic on this thread happened (set by the hook from [`install_panic_hook`]).
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Remember each panic's location for [`run_guarded`], then let the default hook print it as
+/// usual (a panic is a bug: it is never hidden).
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(loc) = info.location() {
+            let at = format!("{}:{}:{}", loc.file(), loc.line(), loc.column());
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some(at));
+        }
+        default(info);
+    }));
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_owned()
+    }
+}
+
+/// The outcome reported for a scenario whose run panicked: one failed expectation of kind
+/// [`PANIC_KIND`] carrying the message (and location, when known).
+pub fn panicked_outcome(
+    job: &LoadedScenario,
+    message: &str,
+    location: Option<String>,
+) -> ScenarioOutcome {
+    let s = &job.scenario;
+    let mut detail = String::new();
+    if let Some(at) = location {
+        detail.push_str(&format!("panicked at {at}\n"));
+    }
+    detail.push_str("this is a bug in gridloop, not in the scenario: please report it");
+    ScenarioOutcome {
+        name: s.name.clone(),
+        file: job.display.clone(),
+        description: s.description.clone(),
+        tags: s.tags.clone(),
+        seed: s.seed,
+        mode: "sim",
+        duration: s.duration,
+        stats: Default::default(),
+        expectations: vec![ExpectationOutcome {
+            index: 0,
+            kind: PANIC_KIND,
+            label: "scenario runs to completion".to_owned(),
+            passed: false,
+            expected: "no panic".to_owned(),
+            measured: format!("panicked: {message}"),
+            detail: Some(detail),
+        }],
+        timeline: Vec::new(),
+    }
+}
+
+/// True when the terminal summary should be coloured.
+pub fn stdout_color(choice: crate::args::ColorChoice) -> bool {
+    use crate::args::ColorChoice;
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use sim_core::grid::{GridSpec, PhaseSystem};
+    use sim_core::scenario::{HeadEndSpec, PqThresholds};
+    use sim_core::Scenario;
+
+    fn job(i: usize) -> LoadedScenario {
+        LoadedScenario {
+            path: format!("s{i}.yaml").into(),
+            display: format!("s{i}.yaml"),
+            scenario: Scenario {
+                name: format!("s{i}"),
+                description: String::new(),
+                tags: vec!["t".into()],
+                seed: i as u64,
+                duration: 1.0 + i as f64,
+                grid: GridSpec {
+                    nominal: 240.0,
+                    frequency: 60.0,
+                    system: PhaseSystem::ThreePhase,
+                    sample_rate: 12_800.0,
+                    load: None,
+                },
+                pq: PqThresholds::default(),
+                groups: vec![],
+                disturbances: vec![],
+                network: vec![],
+                head_end: HeadEndSpec::default(),
+                expectations: vec![],
+            },
+        }
+    }
+
+    /// A stand-in harness: scenario `i` does `(n - i)` units of busy work (so later ones tend
+    /// to finish first) and panics when its seed is 3.
+    fn fake_run(s: &Scenario, file: &str) -> ScenarioOutcome {
+        let mut x = 0_u64;
+        for k in 0..(20 - s.seed) * 20_000 {
+            x = x.wrapping_mul(31).wrapping_add(k);
+        }
+        std::hint::black_box(x);
+        if s.seed == 3 {
+            panic!("boom in {file}");
+        }
+        ScenarioOutcome {
+            name: s.name.clone(),
+            file: file.to_owned(),
+            description: String::new(),
+            tags: s.tags.clone(),
+            seed: s.seed,
+            mode: "sim",
+            duration: s.duration,
+            stats: Default::default(),
+            expectations: vec![],
+            timeline: vec![],
+        }
+    }
+
+    #[test]
+    fn outcomes_arrive_in_input_order_and_a_panic_is_a_failure() {
+        install_panic_hook();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        let jobs: Vec<_> = (0..16).map(job).collect();
+        let mut seen = Vec::new();
+        let outcomes = run_in_order(&pool, &jobs, fake_run, |o, _| seen.push(o.name.clone()));
+        let names: Vec<String> = (0..16).map(|i| format!("s{i}")).collect();
+        assert_eq!(seen, names);
+        assert_eq!(
+            outcomes.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+            names
+        );
+
+        let boom = &outcomes[3];
+        assert!(!boom.passed());
+        assert_eq!(boom.file, "s3.yaml");
+        assert_eq!(boom.seed, 3);
+        assert_eq!(boom.duration, 4.0);
+        let e = &boom.expectations[0];
+        assert_eq!(e.kind, PANIC_KIND);
+        assert_eq!(e.measured, "panicked: boom in s3.yaml");
+        let detail = e.detail.as_deref().unwrap();
+        assert!(
+            detail.starts_with("panicked at cli/src/run.rs:"),
+            "{detail}"
+        );
+        assert!(outcomes
+            .iter()
+            .enumerate()
+            .all(|(i, o)| o.passed() == (i != 3)));
+    }
+
+    #[test]
+    fn panic_payloads_become_messages() {
+        let p: Box<dyn Any + Send> = Box::new(42_u8);
+        assert_eq!(panic_message(p.as_ref()), "(non-string panic payload)");
+        let p: Box<dyn Any + Send> = Box::new(String::from("owned"));
+        assert_eq!(panic_message(p.as_ref()), "owned");
+        let p: Box<dyn Any + Send> = Box::new("static");
+        assert_eq!(panic_message(p.as_ref()), "static");
+        let o = panicked_outcome(&job(1), "x", None);
+        assert_eq!(
+            o.expectations[0].detail.as_deref(),
+            Some("this is a bug in gridloop, not in the scenario: please report it")
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! Hand-built outcomes for reporter tests: one scenario that passes, one that fails.
+
+use sim_core::outcome::{
+    ExpectationOutcome, LatencySummary, RunStats, ScenarioOutcome, TimelineEntry,
+};
+
+pub(crate) fn passing() -> ScenarioOutcome {
+    ScenarioOutcome {
+        name: "sag-70pct-10-cycles".into(),
+        file: "scenarios/library/sag-70pct.yaml".into(),
+        description: "A 70 % residual sag on L1 for 10 cycles trips UV and alarms within 50 ms"
+            .into(),
+        tags: vec!["ieee-1159".into(), "sag".into()],
+        seed: 42,
+        mode: "sim",
+        duration: 40.0,
+        stats: RunStats {
+            meters: 100,
+            samples: 1_536_000_000,
+            half_cycles: 2_880_000,
+            trips: 100,
+            clears: 100,
+            produced: 4_300,
+            delivered: 4_300,
+            duplicates: 0,
+            overflowed: 0,
+            buffered_at_end: 0,
+            unexplained_loss: 0,
+            alarms: 100,
+            alarm_latency: LatencySummary {
+                count: 100,
+                p50: 0.0071,
+                p99: 0.0091,
+                max: 0.0093,
+            },
+        },
+        expectations: vec![
+            ExpectationOutcome {
+                index: 0,
+                kind: "trip",
+                label: "trip UV_TRIP_0x01 on L1 in feeder-a within 50 ms".into(),
+                passed: true,
+                expected: "≤ 50 ms".into(),
+                measured: "worst 9.1 ms (meter feeder-a/17)".into(),
+                detail: None,
+            },
+            ExpectationOutcome {
+                index: 1,
+                kind: "alarm_latency",
+                label: "alarm latency p99 ≤ 50 ms".into(),
+                passed: true,
+                expected: "p99 ≤ 50 ms".into(),
+                measured: "p99 9.1 ms".into(),
+                detail: None,
+            },
+        ],
+        timeline: vec![
+            TimelineEntry {
+                at: 1.0,
+                what: "sag L1 to 0.7 pu for 10 cycles".into(),
+            },
+            TimelineEntry {
+                at: 1.0021,
+                what: "first UV_TRIP_0x01 (feeder-a/3, L1)".into(),
+            },
+            TimelineEntry {
+                at: 1.0092,
+                what: "first alarm at head-end".into(),
+            },
+        ],
+    }
+}
+
+pub(crate) fn failing() -> ScenarioOutcome {
+    ScenarioOutcome {
+        name: "thd-over-limit".into(),
+        file: "tests/fixtures/thd <over> & limit.yaml".into(),
+        description: "Harmonics that \"cannot\" give 3 % THD".into(),
+        tags: vec!["thd".into()],
+        seed: 7,
+        mode: "sim",
+        duration: 2.5,
+        stats: RunStats {
+            meters: 2,
+            samples: 384_000,
+            half_cycles: 1_800,
+            produced: 10,
+            delivered: 8,
+            overflowed: 1,
+            buffered_at_end: 1,
+            ..RunStats::default()
+        },
+        expectations: vec![
+            ExpectationOutcome {
+                index: 0,
+                kind: "measurement",
+                label: "thd on L1 at 1.5 s".into(),
+                passed: false,
+                expected: "3 % ± 0.05".into(),
+                measured: "6.403 %".into(),
+                detail: Some("meter feeder-a/0: 6.403 %\nmeter feeder-a/1: 6.402 %".into()),
+            },
+            ExpectationOutcome {
+                index: 1,
+                kind: "no_trip",
+                label: "no trip in feeder-a".into(),
+                passed: true,
+                expected: "0 trips".into(),
+                measured: "0 trips".into(),
+                detail: None,
+            },
+            ExpectationOutcome {
+                index: 2,
+                kind: "delivered",
+                label: "delivered, lost 0".into(),
+                passed: false,
+                expected: "lost 0".into(),
+                measured: "lost 2 (1 overflowed, 1 buffered at end)".into(),
+                detail: None,
+            },
+        ],
+        timeline: vec![TimelineEntry {
+            at: 0.5,
+            what: "harmonics 3rd 5 %, 5th 4 %".into(),
+        }],
+    }
+}
