@@ -681,8 +681,15 @@ pub struct ExpectDto {
 }
 
 /// The keys of `ExpectDto`, in declaration order.
-pub const EXPECT_KINDS: [&str; 7] =
-    ["trip", "no_trip", "alarm_latency", "no_flapping", "delivered", "measurement", "event"];
+pub const EXPECT_KINDS: [&str; 7] = [
+    "trip",
+    "no_trip",
+    "alarm_latency",
+    "no_flapping",
+    "delivered",
+    "measurement",
+    "event",
+];
 
 /// Every meter of the group trips within `within` of the disturbance onset.
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -44,13 +44,18 @@ pub enum LoadError {
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Diagnostic>),
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Load and validate one scenario file.
 pub fn load_file(path: &Path) -> Result<sim_core::Scenario, LoadError> {
-    let src = std::fs::read_to_string(path)
-        .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    let src = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     load_str(&src, path)
 }
 
@@ -66,7 +71,10 @@ pub fn load_str(src: &str, file: &Path) -> Result<sim_core::Scenario, LoadError>
 pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut out = Vec::new();
     for p in paths {
-        let io = |source| LoadError::Io { path: p.clone(), source };
+        let io = |source| LoadError::Io {
+            path: p.clone(),
+            source,
+        };
         let meta = std::fs::metadata(p).map_err(io)?;
         if meta.is_dir() {
             let mut found = Vec::new();
@@ -81,16 +89,17 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let io = |source| LoadError::Io { path: dir.to_path_buf(), source };
+    let io = |source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let path = entry.path();
         let kind = entry.file_type().map_err(io)?;
         if kind.is_dir() {
             walk(&path, out)?;
-        } else if path.is_file()
-            && path.extension().is_some_and(|e| e == "yaml" || e == "yml")
-        {
+        } else if path.is_file() && path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             out.push(path);
         }
     }

@@ -31,7 +31,10 @@ pub fn load(src: &str, file: &Path) -> Result<sim_core::Scenario, Vec<Diagnostic
                 diag(
                     d.second,
                     &d.path,
-                    format!("duplicate key `{}` (first given on line {})", d.key, d.first.line),
+                    format!(
+                        "duplicate key `{}` (first given on line {})",
+                        d.key, d.first.line
+                    ),
                 )
             })
             .collect());
@@ -48,7 +51,9 @@ fn check_version(src: &str, spans: &SpanIndex) -> Result<(), String> {
     struct Probe {
         schema: Option<serde_yaml::Value>,
     }
-    let Ok(Probe { schema: Some(v) }) = serde_yaml::from_str::<Probe>(src) else { return Ok(()) };
+    let Ok(Probe { schema: Some(v) }) = serde_yaml::from_str::<Probe>(src) else {
+        return Ok(());
+    };
     let _ = spans;
     match v.as_u64() {
         Some(SCHEMA_VERSION) | None => Ok(()),
@@ -84,11 +89,32 @@ pub fn serde_diagnostic(e: &serde_yaml::Error, spans: &SpanIndex, file: &Path) -
         message = message.replacen("expected one of", "allowed keys are", 1);
         message = message.replacen(", expected ", ", the only allowed key is ", 1);
     }
+    // serde names Rust types; say what the user should write instead.
+    for (rust, plain) in [
+        ("expected f64", "expected a number"),
+        ("expected u32", "expected a whole number ≥ 0"),
+        ("expected u64", "expected a whole number ≥ 0"),
+        ("expected a string", "expected text"),
+    ] {
+        if message.ends_with(rust) {
+            message.truncate(message.len() - rust.len());
+            message.push_str(plain);
+        }
+    }
     let pos = match e.location() {
-        Some(l) => Pos { line: l.line().max(1), column: l.column().max(1) },
+        Some(l) => Pos {
+            line: l.line().max(1),
+            column: l.column().max(1),
+        },
         None => spans.locate(&path),
     };
-    Diagnostic { file: file.to_path_buf(), line: pos.line, column: pos.column, path, message }
+    Diagnostic {
+        file: file.to_path_buf(),
+        line: pos.line,
+        column: pos.column,
+        path,
+        message,
+    }
 }
 
 /// Split `events[2].sag: unknown field ...` into path and message. A prefix only counts as a
@@ -119,7 +145,10 @@ mod tests {
         );
         assert_eq!(
             split_path("invalid type: string \"a\", expected f64"),
-            (String::new(), "invalid type: string \"a\", expected f64".into())
+            (
+                String::new(),
+                "invalid type: string \"a\", expected f64".into()
+            )
         );
     }
 }

@@ -20,11 +20,17 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let event = &v["definitions"]["EventDto"]["properties"];
         for kind in EVENT_KINDS {
-            assert!(event.get(kind).is_some(), "event kind {kind} missing from schema");
+            assert!(
+                event.get(kind).is_some(),
+                "event kind {kind} missing from schema"
+            );
         }
         let expect = &v["definitions"]["ExpectDto"]["properties"];
         for kind in EXPECT_KINDS {
-            assert!(expect.get(kind).is_some(), "expectation {kind} missing from schema");
+            assert!(
+                expect.get(kind).is_some(),
+                "expectation {kind} missing from schema"
+            );
         }
         assert_eq!(v["additionalProperties"], serde_json::json!(false));
         assert!(v["required"].as_array().unwrap().contains(&"schema".into()));

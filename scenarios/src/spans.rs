@@ -19,7 +19,10 @@ impl Pos {
 
     fn of(m: Marker) -> Pos {
         // yaml-rust2 counts lines from 1 and columns from 0.
-        Pos { line: m.line().max(1), column: m.col() + 1 }
+        Pos {
+            line: m.line().max(1),
+            column: m.col() + 1,
+        }
     }
 }
 
@@ -142,22 +145,37 @@ impl Walker {
     /// Decide what the next node is: a mapping key, or a value at some path.
     fn slot(&mut self) -> Slot {
         match self.stack.last_mut() {
-            None => Slot::Value { path: String::new(), key: None },
+            None => Slot::Value {
+                path: String::new(),
+                key: None,
+            },
             Some(Frame::Seq { path, next }) => {
                 let p = format!("{path}[{next}]");
                 *next += 1;
                 Slot::Value { path: p, key: None }
             }
             Some(Frame::Map { pending: None, .. }) => Slot::Key,
-            Some(Frame::Map { path, pending: pending @ Some(_), .. }) => {
+            Some(Frame::Map {
+                path,
+                pending: pending @ Some(_),
+                ..
+            }) => {
                 let (key, pos) = pending.take().unwrap_or((String::new(), Pos::START));
-                Slot::Value { path: join(path, &key), key: Some(pos) }
+                Slot::Value {
+                    path: join(path, &key),
+                    key: Some(pos),
+                }
             }
         }
     }
 
     fn record_key(&mut self, key: String, pos: Pos) {
-        if let Some(Frame::Map { path, pending, seen }) = self.stack.last_mut() {
+        if let Some(Frame::Map {
+            path,
+            pending,
+            seen,
+        }) = self.stack.last_mut()
+        {
             if let Some(first) = seen.get(&key) {
                 self.index.duplicates.push(DuplicateKey {
                     path: join(path, &key),
@@ -174,7 +192,10 @@ impl Walker {
 
     fn record_value(&mut self, path: &str, key: Option<Pos>, value: Pos) {
         // With duplicates the first occurrence keeps the span (serde reports the rest).
-        self.index.spans.entry(path.to_string()).or_insert(Span { key, value });
+        self.index
+            .spans
+            .entry(path.to_string())
+            .or_insert(Span { key, value });
     }
 }
 
@@ -203,7 +224,11 @@ impl MarkedEventReceiver for Walker {
                     }
                 };
                 self.stack.push(if matches!(ev, Event::MappingStart(..)) {
-                    Frame::Map { path, pending: None, seen: HashMap::new() }
+                    Frame::Map {
+                        path,
+                        pending: None,
+                        seen: HashMap::new(),
+                    }
                 } else {
                     Frame::Seq { path, next: 0 }
                 });
@@ -228,18 +253,33 @@ mod tests {
     fn paths_point_at_their_values() {
         let ix = SpanIndex::build(DOC).unwrap();
         assert_eq!(ix.get("schema").unwrap().value, Pos { line: 1, column: 9 });
-        assert_eq!(ix.get("schema").unwrap().key, Some(Pos { line: 1, column: 1 }));
+        assert_eq!(
+            ix.get("schema").unwrap().key,
+            Some(Pos { line: 1, column: 1 })
+        );
         assert_eq!(ix.get("events[0].sag.residual").unwrap().value.line, 4);
         let r = ix.get("events[0].sag.residual").unwrap().value;
-        assert_eq!(&DOC.lines().nth(3).unwrap()[r.column - 1..r.column + 2], "0.7");
-        assert_eq!(ix.get("events[1].swell.magnitude").unwrap().value, Pos { line: 7, column: 18 });
+        assert_eq!(
+            &DOC.lines().nth(3).unwrap()[r.column - 1..r.column + 2],
+            "0.7"
+        );
+        assert_eq!(
+            ix.get("events[1].swell.magnitude").unwrap().value,
+            Pos {
+                line: 7,
+                column: 18
+            }
+        );
         assert_eq!(ix.get("events[1].at").unwrap().value.line, 5);
     }
 
     #[test]
     fn missing_paths_fall_back_to_the_nearest_ancestor() {
         let ix = SpanIndex::build(DOC).unwrap();
-        assert_eq!(ix.locate("events[1].swell.ramp"), ix.get("events[1].swell").unwrap().value);
+        assert_eq!(
+            ix.locate("events[1].swell.ramp"),
+            ix.get("events[1].swell").unwrap().value
+        );
         assert_eq!(ix.locate("nothing.here"), Pos::START.max(ix.locate("")));
         assert_eq!(parent("a.b[2].c"), Some("a.b[2]"));
         assert_eq!(parent("a.b[2]"), Some("a.b"));
@@ -252,7 +292,10 @@ mod tests {
         let ix = SpanIndex::build("a: 1\nb:\n  c: 1\n  c: 2\n").unwrap();
         assert_eq!(ix.duplicates.len(), 1);
         let d = &ix.duplicates[0];
-        assert_eq!((d.path.as_str(), d.first.line, d.second.line), ("b.c", 3, 4));
+        assert_eq!(
+            (d.path.as_str(), d.first.line, d.second.line),
+            ("b.c", 3, 4)
+        );
     }
 
     #[test]

@@ -22,7 +22,11 @@ use crate::spans::SpanIndex;
 use crate::Diagnostic;
 
 /// Validate `dto` and lower it; `Err` carries every problem found.
-pub fn lower(dto: &ScenarioDto, spans: &SpanIndex, file: &Path) -> Result<Scenario, Vec<Diagnostic>> {
+pub fn lower(
+    dto: &ScenarioDto,
+    spans: &SpanIndex,
+    file: &Path,
+) -> Result<Scenario, Vec<Diagnostic>> {
     let mut cx = Cx {
         spans,
         file,
@@ -84,17 +88,32 @@ impl Cx<'_> {
 
     /// lo < v < hi.
     fn open(&mut self, path: &str, v: f64, lo: f64, hi: f64) -> f64 {
-        self.check(path, v, v > lo && v < hi, &format!("must be between {lo} and {hi} (exclusive)"))
+        self.check(
+            path,
+            v,
+            v > lo && v < hi,
+            &format!("must be between {lo} and {hi} (exclusive)"),
+        )
     }
 
     /// lo ≤ v ≤ hi.
     fn closed(&mut self, path: &str, v: f64, lo: f64, hi: f64) -> f64 {
-        self.check(path, v, v >= lo && v <= hi, &format!("must be between {lo} and {hi}"))
+        self.check(
+            path,
+            v,
+            v >= lo && v <= hi,
+            &format!("must be between {lo} and {hi}"),
+        )
     }
 
     /// lo < v ≤ hi.
     fn left_open(&mut self, path: &str, v: f64, lo: f64, hi: f64) -> f64 {
-        self.check(path, v, v > lo && v <= hi, &format!("must be greater than {lo} and at most {hi}"))
+        self.check(
+            path,
+            v,
+            v > lo && v <= hi,
+            &format!("must be greater than {lo} and at most {hi}"),
+        )
     }
 
     fn positive(&mut self, path: &str, v: f64) -> f64 {
@@ -139,14 +158,24 @@ impl Cx<'_> {
 
     fn scenario(&mut self, d: &ScenarioDto) -> Scenario {
         if d.schema != 1 {
-            self.err("schema", format!("unsupported schema version {}; this gridloop reads schema 1", d.schema));
+            self.err(
+                "schema",
+                format!(
+                    "unsupported schema version {}; this gridloop reads schema 1",
+                    d.schema
+                ),
+            );
         }
         if d.name.trim().is_empty() {
             self.err("name", "must not be empty");
         }
         let grid = self.grid(&d.grid);
         let duration = self.pos_dur("duration", &d.duration);
-        self.duration = if duration > 0.0 { duration } else { f64::INFINITY };
+        self.duration = if duration > 0.0 {
+            duration
+        } else {
+            f64::INFINITY
+        };
         let pq = self.pq(d.pq.as_ref());
         let head_end = match &d.head_end {
             Some(h) => {
@@ -164,8 +193,12 @@ impl Cx<'_> {
         }
         // Names first, so events and expectations can refer to any group.
         self.groups = d.meters.iter().map(|m| m.group.clone()).collect();
-        let groups: Vec<MeterGroup> =
-            d.meters.iter().enumerate().map(|(i, m)| self.meter(i, m, &grid)).collect();
+        let groups: Vec<MeterGroup> = d
+            .meters
+            .iter()
+            .enumerate()
+            .map(|(i, m)| self.meter(i, m, &grid))
+            .collect();
 
         let mut disturbances = Vec::new();
         let mut network = Vec::new();
@@ -200,7 +233,10 @@ impl Cx<'_> {
         let nominal = self.closed("grid.nominal", g.nominal, 90.0, 480.0);
         let frequency = g.frequency.unwrap_or(60.0);
         if frequency != 50.0 && frequency != 60.0 {
-            self.err("grid.frequency", format!("must be 50 or 60 (Hz), got {frequency}"));
+            self.err(
+                "grid.frequency",
+                format!("must be 50 or 60 (Hz), got {frequency}"),
+            );
         } else {
             self.frequency = frequency;
         }
@@ -224,12 +260,23 @@ impl Cx<'_> {
         };
         self.system = system;
         let sample_rate = g.sample_rate.unwrap_or(12_800.0);
-        self.check("grid.sample_rate", sample_rate, sample_rate >= 1.0, "must be at least 1 (Hz)");
+        self.check(
+            "grid.sample_rate",
+            sample_rate,
+            sample_rate >= 1.0,
+            "must be at least 1 (Hz)",
+        );
         let load = g.load.as_ref().map(|l| LoadSpec {
             current: self.positive("grid.load.current", l.current),
             power_factor: self.left_open("grid.load.power_factor", l.power_factor, 0.0, 1.0),
         });
-        GridSpec { nominal, frequency: self.frequency, system, sample_rate, load }
+        GridSpec {
+            nominal,
+            frequency: self.frequency,
+            system,
+            sample_rate,
+            load,
+        }
     }
 
     fn pq(&mut self, pq: Option<&PqDto>) -> PqThresholds {
@@ -238,7 +285,13 @@ impl Cx<'_> {
         let t = PqThresholds {
             dip: self.opt_closed("pq.dip", p.dip, def.dip, 0.0, 100.0),
             swell: self.opt_closed("pq.swell", p.swell, def.swell, 100.0, 200.0),
-            interruption: self.opt_closed("pq.interruption", p.interruption, def.interruption, 0.0, 100.0),
+            interruption: self.opt_closed(
+                "pq.interruption",
+                p.interruption,
+                def.interruption,
+                0.0,
+                100.0,
+            ),
             hysteresis: self.opt_closed("pq.hysteresis", p.hysteresis, def.hysteresis, 0.0, 10.0),
         };
         if !(t.interruption < t.dip && t.dip < 100.0 && 100.0 < t.swell) {
@@ -260,17 +313,27 @@ impl Cx<'_> {
         } else if let Some(first) = self.groups[..i].iter().position(|g| *g == m.group) {
             self.err(
                 &format!("{path}.group"),
-                format!("duplicate group name `{}` (already used by meters[{first}])", m.group),
+                format!(
+                    "duplicate group name `{}` (already used by meters[{first}])",
+                    m.group
+                ),
             );
         }
         let count = m.count.unwrap_or(1);
         if !(1..=1_000_000).contains(&count) {
-            self.err(&format!("{path}.count"), format!("must be between 1 and 1000000, got {count}"));
+            self.err(
+                &format!("{path}.count"),
+                format!("must be between 1 and 1000000, got {count}"),
+            );
         }
         let fidelity = match m.fidelity.unwrap_or(FidelityDto::Waveform) {
             FidelityDto::Waveform => {
                 if grid.sample_rate < 20.0 * grid.frequency {
-                    let p = if m.fidelity.is_some() { format!("{path}.fidelity") } else { path.clone() };
+                    let p = if m.fidelity.is_some() {
+                        format!("{path}.fidelity")
+                    } else {
+                        path.clone()
+                    };
                     self.err(
                         &p,
                         format!(
@@ -289,7 +352,10 @@ impl Cx<'_> {
         let buffer_capacity = match m.buffer.as_ref().and_then(|b| b.capacity) {
             None => 4096,
             Some(0) => {
-                self.err(&format!("{path}.buffer.capacity"), "must be at least 1, got 0");
+                self.err(
+                    &format!("{path}.buffer.capacity"),
+                    "must be at least 1, got 0",
+                );
                 1
             }
             Some(c) => usize::try_from(c).unwrap_or(usize::MAX),
@@ -306,10 +372,14 @@ impl Cx<'_> {
         }
         if let Some(a) = &m.adc {
             if !(8..=24).contains(&a.bits) {
-                self.err(&format!("{path}.adc.bits"), format!("must be between 8 and 24, got {}", a.bits));
+                self.err(
+                    &format!("{path}.adc.bits"),
+                    format!("must be between 8 and 24, got {}", a.bits),
+                );
             }
             front_end.adc_bits = Some(a.bits);
-            front_end.adc_full_scale = self.positive(&format!("{path}.adc.full_scale"), a.full_scale);
+            front_end.adc_full_scale =
+                self.positive(&format!("{path}.adc.full_scale"), a.full_scale);
         }
         let link = self.link(&path, m.link.as_ref());
         MeterGroup {
@@ -331,20 +401,45 @@ impl Cx<'_> {
         let def = Thresholds::default();
         let Some(t) = t else { return def };
         let p = format!("{path}.thresholds");
-        let upper = self.check(&format!("{p}.upper"), t.upper.unwrap_or(def.upper), true, "must be a number");
-        let lower = self.check(&format!("{p}.lower"), t.lower.unwrap_or(def.lower), true, "must be a number");
+        let upper = self.check(
+            &format!("{p}.upper"),
+            t.upper.unwrap_or(def.upper),
+            true,
+            "must be a number",
+        );
+        let lower = self.check(
+            &format!("{p}.lower"),
+            t.lower.unwrap_or(def.lower),
+            true,
+            "must be a number",
+        );
         let hysteresis = t.hysteresis.unwrap_or(def.hysteresis);
         if lower >= upper {
-            let at = if t.lower.is_some() { format!("{p}.lower") } else { format!("{p}.upper") };
-            self.err(&at, format!("lower limit ({lower} V) must be below the upper limit ({upper} V)"));
+            let at = if t.lower.is_some() {
+                format!("{p}.lower")
+            } else {
+                format!("{p}.upper")
+            };
+            self.err(
+                &at,
+                format!("lower limit ({lower} V) must be below the upper limit ({upper} V)"),
+            );
         } else if !(hysteresis >= 0.0 && hysteresis < upper - lower) {
             self.err(
                 &format!("{p}.hysteresis"),
-                format!("must be ≥ 0 and smaller than upper − lower ({} V), got {hysteresis}", upper - lower),
+                format!(
+                    "must be ≥ 0 and smaller than upper − lower ({} V), got {hysteresis}",
+                    upper - lower
+                ),
             );
         }
         let min_duration = self.dur_or(&format!("{p}.min_duration"), t.min_duration.as_ref(), 0.0);
-        Thresholds { upper, lower, hysteresis, min_duration }
+        Thresholds {
+            upper,
+            lower,
+            hysteresis,
+            min_duration,
+        }
     }
 
     fn rbe(&mut self, path: &str, r: Option<&RbeDto>) -> RbeSpec {
@@ -354,7 +449,12 @@ impl Cx<'_> {
         let delta = match r.delta {
             None => def.delta,
             Some(d) => {
-                self.check(&format!("{p}.delta"), d, d >= 0.0, "must be ≥ 0 (V; 0 = report every reading)");
+                self.check(
+                    &format!("{p}.delta"),
+                    d,
+                    d >= 0.0,
+                    "must be ≥ 0 (V; 0 = report every reading)",
+                );
                 (d > 0.0).then_some(d)
             }
         };
@@ -366,11 +466,21 @@ impl Cx<'_> {
             Some(h) => self.pos_dur(&format!("{p}.interval"), h),
             None => def.interval,
         };
-        RbeSpec { delta, heartbeat, interval }
+        RbeSpec {
+            delta,
+            heartbeat,
+            interval,
+        }
     }
 
-    fn encoding(&mut self, path: &str, e: Option<&EncodingDto>) -> (PayloadFormat, RegisterEncoding) {
-        let Some(e) = e else { return (PayloadFormat::Json, RegisterEncoding::default()) };
+    fn encoding(
+        &mut self,
+        path: &str,
+        e: Option<&EncodingDto>,
+    ) -> (PayloadFormat, RegisterEncoding) {
+        let Some(e) = e else {
+            return (PayloadFormat::Json, RegisterEncoding::default());
+        };
         let payload = match e.payload.unwrap_or(PayloadDto::Json) {
             PayloadDto::Json => PayloadFormat::Json,
             PayloadDto::Cbor => PayloadFormat::Cbor,
@@ -386,13 +496,19 @@ impl Cx<'_> {
         let registers = match e.registers.unwrap_or(RegistersDto::Float32) {
             RegistersDto::Float32 => {
                 if e.scale.is_some() {
-                    self.err(&scale_path, "scale applies only to `registers: int16` or `uint32`");
+                    self.err(
+                        &scale_path,
+                        "scale applies only to `registers: int16` or `uint32`",
+                    );
                 }
                 RegisterEncoding::Float32(word_order)
             }
             RegistersDto::Int16 => {
                 if e.word_order.is_some() {
-                    self.err(&format!("{path}.encoding.word_order"), "int16 uses one register; word_order does not apply");
+                    self.err(
+                        &format!("{path}.encoding.word_order"),
+                        "int16 uses one register; word_order does not apply",
+                    );
                 }
                 RegisterEncoding::Int16 { scale }
             }
@@ -434,7 +550,10 @@ impl Cx<'_> {
             "L2" => Phase::L2,
             "L3" => Phase::L3,
             _ => {
-                self.err(path, format!("unknown phase `{}`; expected L1, L2 or L3", p.0));
+                self.err(
+                    path,
+                    format!("unknown phase `{}`; expected L1, L2 or L3", p.0),
+                );
                 return None;
             }
         };
@@ -442,7 +561,11 @@ impl Cx<'_> {
             let have: Vec<&str> = self.grid_phases().iter().map(Phase::name).collect();
             self.err(
                 path,
-                format!("phase {phase} does not exist on a {} grid (phases: {})", self.system_name(), have.join(", ")),
+                format!(
+                    "phase {phase} does not exist on a {} grid (phases: {})",
+                    self.system_name(),
+                    have.join(", ")
+                ),
             );
             return None;
         }
@@ -453,7 +576,10 @@ impl Cx<'_> {
         match list {
             None => self.grid_phases(),
             Some(l) if l.is_empty() => {
-                self.err(&format!("{path}.phases"), "must name at least one phase (omit it for all phases)");
+                self.err(
+                    &format!("{path}.phases"),
+                    "must name at least one phase (omit it for all phases)",
+                );
                 self.grid_phases()
             }
             Some(l) => {
@@ -471,7 +597,10 @@ impl Cx<'_> {
         let found = self.groups.iter().position(|g| g == name);
         if found.is_none() {
             let known: Vec<String> = self.groups.iter().map(|g| format!("`{g}`")).collect();
-            self.err(path, format!("unknown group `{name}`; known groups: {}", known.join(", ")));
+            self.err(
+                path,
+                format!("unknown group `{name}`; known groups: {}", known.join(", ")),
+            );
         }
         found
     }
@@ -492,13 +621,25 @@ impl Cx<'_> {
             None if self.groups.len() <= 1 => 0,
             None => {
                 let known: Vec<String> = self.groups.iter().map(|g| format!("`{g}`")).collect();
-                self.err(path, format!("`group` is required when there are several meter groups ({})", known.join(", ")));
+                self.err(
+                    path,
+                    format!(
+                        "`group` is required when there are several meter groups ({})",
+                        known.join(", ")
+                    ),
+                );
                 0
             }
         }
     }
 
-    fn event(&mut self, i: usize, ev: &EventDto, dist: &mut Vec<Disturbance>, net: &mut Vec<NetworkEvent>) {
+    fn event(
+        &mut self,
+        i: usize,
+        ev: &EventDto,
+        dist: &mut Vec<Disturbance>,
+        net: &mut Vec<NetworkEvent>,
+    ) {
         let path = format!("events[{i}]");
         let present: Vec<&str> = [
             ev.sag.is_some(),
@@ -527,26 +668,52 @@ impl Cx<'_> {
         if at >= self.duration {
             self.err(
                 &format!("{path}.at"),
-                format!("onset {} is not before the end of the scenario ({})", secs(at), secs(self.duration)),
+                format!(
+                    "onset {} is not before the end of the scenario ({})",
+                    secs(at),
+                    secs(self.duration)
+                ),
             );
         }
         match present.len() {
             1 => {}
             0 => {
-                self.err(&path, format!("needs exactly one kind key besides `at`; one of: {}", EVENT_KINDS.join(", ")));
+                self.err(
+                    &path,
+                    format!(
+                        "needs exactly one kind key besides `at`; one of: {}",
+                        EVENT_KINDS.join(", ")
+                    ),
+                );
                 return;
             }
             _ => {
-                self.err(&path, format!("has several kinds ({}); write one event per kind", present.join(", ")));
+                self.err(
+                    &path,
+                    format!(
+                        "has several kinds ({}); write one event per kind",
+                        present.join(", ")
+                    ),
+                );
                 return;
             }
         }
         let kp = format!("{path}.{}", present[0]);
         let f = |name: &str| format!("{kp}.{name}");
-        let mut d = |cx: &mut Self, phases: &Option<Vec<PhaseName>>, groups: &Option<Vec<String>>, pow: Option<f64>, kind: DisturbanceKind| {
+        let mut d = |cx: &mut Self,
+                     phases: &Option<Vec<PhaseName>>,
+                     groups: &Option<Vec<String>>,
+                     pow: Option<f64>,
+                     kind: DisturbanceKind| {
             let phases = cx.phases(&kp, phases);
             let groups = cx.group_list(&kp, or_all(groups));
-            dist.push(Disturbance { at, point_on_wave_deg: pow, phases, groups, kind });
+            dist.push(Disturbance {
+                at,
+                point_on_wave_deg: pow,
+                phases,
+                groups,
+                kind,
+            });
         };
         if let Some(s) = &ev.sag {
             let level = self.open(&f("residual"), s.residual, 0.0, 1.0);
@@ -560,11 +727,22 @@ impl Cx<'_> {
             d(self, &s.phases, &s.groups, pow, DisturbanceKind::Swell(v));
         } else if let Some(s) = &ev.interruption {
             let level = s.residual.map_or(0.0, |r| {
-                self.check(&f("residual"), r, (0.0..0.1).contains(&r), "must be ≥ 0 and below 0.1")
+                self.check(
+                    &f("residual"),
+                    r,
+                    (0.0..0.1).contains(&r),
+                    "must be ≥ 0 and below 0.1",
+                )
             });
             let v = self.rms_variation(&kp, level, &s.duration, s.ramp.as_ref(), None);
             let pow = self.point_on_wave(&f("point_on_wave"), s.point_on_wave);
-            d(self, &s.phases, &s.groups, pow, DisturbanceKind::Interruption(v));
+            d(
+                self,
+                &s.phases,
+                &s.groups,
+                pow,
+                DisturbanceKind::Interruption(v),
+            );
         } else if let Some(h) = &ev.harmonics {
             let kind = self.harmonics(&kp, h);
             d(self, &h.phases, &h.groups, None, kind);
@@ -598,7 +776,12 @@ impl Cx<'_> {
             d(self, &x.phases, &x.groups, None, kind);
         } else if let Some(x) = &ev.impulsive_transient {
             let m = x.magnitude;
-            self.check(&f("magnitude"), m, m != 0.0 && m.abs() <= 10.0, "must be non-zero with |magnitude| ≤ 10 (pu)");
+            self.check(
+                &f("magnitude"),
+                m,
+                m != 0.0 && m.abs() <= 10.0,
+                "must be non-zero with |magnitude| ≤ 10 (pu)",
+            );
             let tau_rise = match &x.rise {
                 Some(r) => self.pos_dur(&f("rise"), r),
                 None => 1e-4,
@@ -608,23 +791,45 @@ impl Cx<'_> {
                 None => 1e-3,
             };
             if tau_fall <= tau_rise {
-                self.err(&f("fall"), format!("fall ({}) must be longer than rise ({})", secs(tau_fall), secs(tau_rise)));
+                self.err(
+                    &f("fall"),
+                    format!(
+                        "fall ({}) must be longer than rise ({})",
+                        secs(tau_fall),
+                        secs(tau_rise)
+                    ),
+                );
             }
             let duration = match &x.duration {
                 Some(r) => self.pos_dur(&f("duration"), r),
                 None => 5.0 * tau_fall,
             };
-            let kind = DisturbanceKind::ImpulsiveTransient { magnitude: m, tau_rise, tau_fall, duration };
+            let kind = DisturbanceKind::ImpulsiveTransient {
+                magnitude: m,
+                tau_rise,
+                tau_fall,
+                duration,
+            };
             d(self, &x.phases, &x.groups, None, kind);
         } else if let Some(x) = &ev.notch {
             let per_cycle = x.per_cycle.unwrap_or(2);
             if ![1, 2, 4, 6].contains(&per_cycle) {
-                self.err(&f("per_cycle"), format!("must be 1, 2, 4 or 6, got {per_cycle}"));
+                self.err(
+                    &f("per_cycle"),
+                    format!("must be 1, 2, 4 or 6, got {per_cycle}"),
+                );
             }
             let width = self.pos_dur(&f("width"), &x.width);
             let spacing = 1.0 / (self.frequency * f64::from(per_cycle.max(1)));
             if width >= spacing {
-                self.err(&f("width"), format!("must be shorter than the notch spacing ({}), got {}", secs(spacing), secs(width)));
+                self.err(
+                    &f("width"),
+                    format!(
+                        "must be shorter than the notch spacing ({}), got {}",
+                        secs(spacing),
+                        secs(width)
+                    ),
+                );
             }
             let kind = DisturbanceKind::Notch {
                 depth: self.left_open(&f("depth"), x.depth, 0.0, 1.0),
@@ -652,28 +857,58 @@ impl Cx<'_> {
             let duration = self.pos_dur(&f("duration"), &x.duration);
             let return_to_nominal = x.return_to_nominal.unwrap_or(true);
             if return_to_nominal && 2.0 * ramp > duration {
-                self.err(&f("ramp"), format!("two ramps ({} each) do not fit in the duration ({})", secs(ramp), secs(duration)));
+                self.err(
+                    &f("ramp"),
+                    format!(
+                        "two ramps ({} each) do not fit in the duration ({})",
+                        secs(ramp),
+                        secs(duration)
+                    ),
+                );
             }
-            let kind = DisturbanceKind::Frequency { deviation, ramp, duration, return_to_nominal };
+            let kind = DisturbanceKind::Frequency {
+                deviation,
+                ramp,
+                duration,
+                return_to_nominal,
+            };
             d(self, &None, &x.groups, None, kind);
         } else if let Some(x) = &ev.unbalance {
             let mut magnitudes = [1.0; 3];
             let mut angles_deg = [0.0; 3];
-            for (field, dst, lo, hi) in [("magnitudes", &mut magnitudes, 0.0, 2.0), ("angles", &mut angles_deg, -180.0, 180.0)] {
-                let src = if field == "magnitudes" { &x.magnitudes } else { &x.angles };
+            for (field, dst, lo, hi) in [
+                ("magnitudes", &mut magnitudes, 0.0, 2.0),
+                ("angles", &mut angles_deg, -180.0, 180.0),
+            ] {
+                let src = if field == "magnitudes" {
+                    &x.magnitudes
+                } else {
+                    &x.angles
+                };
                 if let Some(pp) = src {
                     for (k, v) in [pp.L1, pp.L2, pp.L3].into_iter().enumerate() {
                         let Some(v) = v else { continue };
                         let p = format!("{kp}.{field}.L{}", k + 1);
                         if k >= self.system.channels() {
-                            self.err(&p, format!("phase L{} does not exist on a {} grid", k + 1, self.system_name()));
+                            self.err(
+                                &p,
+                                format!(
+                                    "phase L{} does not exist on a {} grid",
+                                    k + 1,
+                                    self.system_name()
+                                ),
+                            );
                         }
                         dst[k] = self.closed(&p, v, lo, hi);
                     }
                 }
             }
             let duration = self.pos_dur(&f("duration"), &x.duration);
-            let kind = DisturbanceKind::Unbalance { magnitudes, angles_deg, duration };
+            let kind = DisturbanceKind::Unbalance {
+                magnitudes,
+                angles_deg,
+                duration,
+            };
             d(self, &x.phases, &x.groups, None, kind);
         } else if let Some(x) = &ev.thermal_drift {
             let ambient = self.opt_closed(&f("ambient"), x.ambient, 25.0, -50.0, 60.0);
@@ -683,43 +918,88 @@ impl Cx<'_> {
                     ConductorDto::Aluminium => Conductor::Aluminium,
                 },
                 r20: self.positive(&f("r20"), x.r20),
-                x: x.x.map_or(0.0, |v| self.check(&f("x"), v, v >= 0.0, "must be ≥ 0 (Ω)")),
+                x: x.x
+                    .map_or(0.0, |v| self.check(&f("x"), v, v >= 0.0, "must be ≥ 0 (Ω)")),
                 current: self.positive(&f("current"), x.current),
-                power_factor: x.power_factor.map_or(1.0, |v| self.left_open(&f("power_factor"), v, 0.0, 1.0)),
+                power_factor: x
+                    .power_factor
+                    .map_or(1.0, |v| self.left_open(&f("power_factor"), v, 0.0, 1.0)),
                 ambient,
                 initial: self.opt_closed(&f("initial"), x.initial, ambient, -50.0, 250.0),
                 thermal_resistance: self.positive(&f("thermal_resistance"), x.thermal_resistance),
                 tau: self.pos_dur(&f("tau"), &x.tau),
                 duration: self.pos_dur(&f("duration"), &x.duration),
             };
-            d(self, &x.phases, &x.groups, None, DisturbanceKind::ThermalDrift(t));
+            d(
+                self,
+                &x.phases,
+                &x.groups,
+                None,
+                DisturbanceKind::ThermalDrift(t),
+            );
         } else if let Some(x) = &ev.rf_loss {
             let duration = self.pos_dur(&f("duration"), &x.duration);
             let groups = self.group_list(&kp, or_all(&x.groups));
-            net.push(NetworkEvent { at, duration, groups, kind: NetworkEventKind::RfLoss });
+            net.push(NetworkEvent {
+                at,
+                duration,
+                groups,
+                kind: NetworkEventKind::RfLoss,
+            });
         } else if let Some(x) = &ev.latency {
             let extra = self.dur(&f("extra"), &x.extra);
             let jitter = self.dur_or(&f("jitter"), x.jitter.as_ref(), 0.0);
             let duration = self.pos_dur(&f("duration"), &x.duration);
             let groups = self.group_list(&kp, or_all(&x.groups));
-            net.push(NetworkEvent { at, duration, groups, kind: NetworkEventKind::Latency { extra, jitter } });
+            net.push(NetworkEvent {
+                at,
+                duration,
+                groups,
+                kind: NetworkEventKind::Latency { extra, jitter },
+            });
         } else if let Some(x) = &ev.packet_loss {
             let probability = self.closed(&f("probability"), x.probability, 0.0, 0.9);
             let duration = self.pos_dur(&f("duration"), &x.duration);
             let groups = self.group_list(&kp, or_all(&x.groups));
-            net.push(NetworkEvent { at, duration, groups, kind: NetworkEventKind::Loss { probability } });
+            net.push(NetworkEvent {
+                at,
+                duration,
+                groups,
+                kind: NetworkEventKind::Loss { probability },
+            });
         }
     }
 
-    fn rms_variation(&mut self, kp: &str, level: f64, duration: &DurationDto, ramp: Option<&DurationDto>, jump: Option<f64>) -> RmsVariation {
+    fn rms_variation(
+        &mut self,
+        kp: &str,
+        level: f64,
+        duration: &DurationDto,
+        ramp: Option<&DurationDto>,
+        jump: Option<f64>,
+    ) -> RmsVariation {
         let duration = self.pos_dur(&format!("{kp}.duration"), duration);
         let ramp = self.dur_or(&format!("{kp}.ramp"), ramp, 0.0);
-        let phase_jump_deg = jump.map_or(0.0, |j| self.closed(&format!("{kp}.phase_jump"), j, -180.0, 180.0));
-        RmsVariation { level, duration, ramp, phase_jump_deg }
+        let phase_jump_deg = jump.map_or(0.0, |j| {
+            self.closed(&format!("{kp}.phase_jump"), j, -180.0, 180.0)
+        });
+        RmsVariation {
+            level,
+            duration,
+            ramp,
+            phase_jump_deg,
+        }
     }
 
     fn point_on_wave(&mut self, path: &str, v: Option<f64>) -> Option<f64> {
-        v.map(|a| self.check(path, a, (0.0..360.0).contains(&a), "must be ≥ 0 and below 360 (degrees)"))
+        v.map(|a| {
+            self.check(
+                path,
+                a,
+                (0.0..360.0).contains(&a),
+                "must be ≥ 0 and below 360 (degrees)",
+            )
+        })
     }
 
     fn angle(&mut self, path: &str, v: Option<f64>) -> f64 {
@@ -730,26 +1010,43 @@ impl Cx<'_> {
         if h.orders.is_empty() {
             self.err(&format!("{kp}.orders"), "needs at least one harmonic order");
         }
-        let check_orders = |cx: &mut Self, field: &str, map: &std::collections::BTreeMap<u32, f64>| {
-            for (&order, &mag) in map {
-                let p = format!("{kp}.{field}.{order}");
-                if !(2..=50).contains(&order) {
-                    cx.err(&p, format!("harmonic order must be between 2 and 50, got {order}"));
+        let check_orders =
+            |cx: &mut Self, field: &str, map: &std::collections::BTreeMap<u32, f64>| {
+                for (&order, &mag) in map {
+                    let p = format!("{kp}.{field}.{order}");
+                    if !(2..=50).contains(&order) {
+                        cx.err(
+                            &p,
+                            format!("harmonic order must be between 2 and 50, got {order}"),
+                        );
+                    }
+                    cx.closed(&p, mag, 0.0, 0.5);
                 }
-                cx.closed(&p, mag, 0.0, 0.5);
-            }
-        };
+            };
         check_orders(self, "orders", &h.orders);
         if let Some(to) = &h.to {
             check_orders(self, "to", to);
         }
-        let orders: BTreeSet<u32> = h.orders.keys().chain(h.to.iter().flat_map(|t| t.keys())).copied().collect();
+        let orders: BTreeSet<u32> = h
+            .orders
+            .keys()
+            .chain(h.to.iter().flat_map(|t| t.keys()))
+            .copied()
+            .collect();
         let angle = |cx: &mut Self, order: u32| -> f64 {
-            h.angles.as_ref().and_then(|a| a.get(&order)).map_or(0.0, |&a| cx.closed(&format!("{kp}.angles.{order}"), a, -360.0, 360.0))
+            h.angles
+                .as_ref()
+                .and_then(|a| a.get(&order))
+                .map_or(0.0, |&a| {
+                    cx.closed(&format!("{kp}.angles.{order}"), a, -360.0, 360.0)
+                })
         };
         if let Some(a) = &h.angles {
             for order in a.keys().filter(|o| !orders.contains(o)) {
-                self.err(&format!("{kp}.angles.{order}"), format!("order {order} has an angle but no magnitude in `orders` or `to`"));
+                self.err(
+                    &format!("{kp}.angles.{order}"),
+                    format!("order {order} has an angle but no magnitude in `orders` or `to`"),
+                );
             }
         }
         let mut components = Vec::new();
@@ -757,12 +1054,26 @@ impl Cx<'_> {
         for &order in &orders {
             let phase_deg = angle(self, order);
             let start = h.orders.get(&order).copied().unwrap_or(0.0);
-            components.push(Harmonic { order, magnitude: start, phase_deg });
-            let stop = h.to.as_ref().map_or(start, |t| t.get(&order).copied().unwrap_or(start));
-            end.push(Harmonic { order, magnitude: stop, phase_deg });
+            components.push(Harmonic {
+                order,
+                magnitude: start,
+                phase_deg,
+            });
+            let stop =
+                h.to.as_ref()
+                    .map_or(start, |t| t.get(&order).copied().unwrap_or(start));
+            end.push(Harmonic {
+                order,
+                magnitude: stop,
+                phase_deg,
+            });
         }
         let duration = self.pos_dur(&format!("{kp}.duration"), &h.duration);
-        DisturbanceKind::Harmonics { components, end: h.to.as_ref().map(|_| end), duration }
+        DisturbanceKind::Harmonics {
+            components,
+            end: h.to.as_ref().map(|_| end),
+            duration,
+        }
     }
 
     fn expectation(&mut self, i: usize, e: &ExpectDto) -> Option<Expectation> {
@@ -783,11 +1094,23 @@ impl Cx<'_> {
         match present.len() {
             1 => {}
             0 => {
-                self.err(&path, format!("needs exactly one kind key; one of: {}", EXPECT_KINDS.join(", ")));
+                self.err(
+                    &path,
+                    format!(
+                        "needs exactly one kind key; one of: {}",
+                        EXPECT_KINDS.join(", ")
+                    ),
+                );
                 return None;
             }
             _ => {
-                self.err(&path, format!("has several kinds ({}); write one expectation per kind", present.join(", ")));
+                self.err(
+                    &path,
+                    format!(
+                        "has several kinds ({}); write one expectation per kind",
+                        present.join(", ")
+                    ),
+                );
                 return None;
             }
         }
@@ -798,7 +1121,12 @@ impl Cx<'_> {
             let group = self.required_group(&kp, &t.group);
             let phase = t.phase.as_ref().and_then(|p| self.phase(&f("phase"), p));
             let within = self.pos_dur(&f("within"), &t.within);
-            Some(Expectation::Trip { code: code?, group, phase, within })
+            Some(Expectation::Trip {
+                code: code?,
+                group,
+                phase,
+                within,
+            })
         } else if let Some(t) = &e.no_trip {
             let code = match &t.code {
                 Some(c) => Some(self.trip_code(&f("code"), c)?),
@@ -816,15 +1144,30 @@ impl Cx<'_> {
                 max: a.max.as_ref().map(|d| self.dur(&f("max"), d)),
             })
         } else if let Some(n) = &e.no_flapping {
-            Some(Expectation::NoFlapping { max_trips_per_meter: n.max_trips_per_meter })
+            Some(Expectation::NoFlapping {
+                max_trips_per_meter: n.max_trips_per_meter,
+            })
         } else if let Some(d) = &e.delivered {
-            Some(Expectation::Delivered { lost: d.lost, duplicates: d.duplicates })
+            Some(Expectation::Delivered {
+                lost: d.lost,
+                duplicates: d.duplicates,
+            })
         } else if let Some(m) = &e.measurement {
             let group = self.default_group(&f("group"), &m.group);
-            let phase = m.phase.as_ref().map_or(Some(Phase::L1), |p| self.phase(&f("phase"), p));
+            let phase = m
+                .phase
+                .as_ref()
+                .map_or(Some(Phase::L1), |p| self.phase(&f("phase"), p));
             let at = self.dur(&f("at"), &m.at);
             if at > self.duration {
-                self.err(&f("at"), format!("{} is past the end of the scenario ({})", secs(at), secs(self.duration)));
+                self.err(
+                    &f("at"),
+                    format!(
+                        "{} is past the end of the scenario ({})",
+                        secs(at),
+                        secs(self.duration)
+                    ),
+                );
             }
             let expected = self.check(&f("expected"), m.expected, true, "must be a finite number");
             let tolerance = self.tolerance(&f("tolerance"), &m.tolerance)?;
@@ -837,7 +1180,14 @@ impl Cx<'_> {
                 QuantityDto::ActivePower => Quantity::ActivePower,
                 QuantityDto::Energy => Quantity::Energy,
             };
-            Some(Expectation::Measurement { quantity, group, phase: phase?, at, expected, tolerance })
+            Some(Expectation::Measurement {
+                quantity,
+                group,
+                phase: phase?,
+                at,
+                expected,
+                tolerance,
+            })
         } else if let Some(v) = &e.event {
             let group = self.default_group(&f("group"), &v.group);
             let phase = v.phase.as_ref().and_then(|p| self.phase(&f("phase"), p));
@@ -851,20 +1201,35 @@ impl Cx<'_> {
                 },
             };
             let duration = self.pos_dur(&f("duration"), &v.duration);
-            let duration_tolerance = self.dur_or(&f("duration_tolerance"), v.duration_tolerance.as_ref(), 1.0 / self.frequency);
+            let duration_tolerance = self.dur_or(
+                &f("duration_tolerance"),
+                v.duration_tolerance.as_ref(),
+                1.0 / self.frequency,
+            );
             let kind = match v.kind {
                 PqEventKindDto::Dip => PqEventKind::Dip,
                 PqEventKindDto::Swell => PqEventKind::Swell,
                 PqEventKindDto::Interruption => PqEventKind::Interruption,
             };
-            Some(Expectation::PqEvent { kind, group, phase, residual, residual_tolerance, duration, duration_tolerance })
+            Some(Expectation::PqEvent {
+                kind,
+                group,
+                phase,
+                residual,
+                residual_tolerance,
+                duration,
+                duration_tolerance,
+            })
         } else {
             None
         }
     }
 
     fn default_group(&mut self, path: &str, group: &Option<String>) -> usize {
-        group.as_ref().and_then(|g| self.group_index(path, g)).unwrap_or(0)
+        group
+            .as_ref()
+            .and_then(|g| self.group_index(path, g))
+            .unwrap_or(0)
     }
 
     fn trip_code(&mut self, path: &str, name: &str) -> Option<EventCode> {
@@ -875,7 +1240,10 @@ impl Cx<'_> {
                 None
             }
             None => {
-                self.err(path, format!("unknown event code `{name}`; expected UV_TRIP_0x01 or OV_TRIP_0x02"));
+                self.err(
+                    path,
+                    format!("unknown event code `{name}`; expected UV_TRIP_0x01 or OV_TRIP_0x02"),
+                );
                 None
             }
         }
