@@ -65,3 +65,33 @@ fn show_corpus() {
         }
     }
 }
+
+/// Every file of the shipped library (`scenarios/library/`, once it exists) loads cleanly.
+#[test]
+fn the_library_loads_without_diagnostics() {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("library");
+    if !lib.exists() {
+        return;
+    }
+    let bad: Vec<String> = discover(&[lib])
+        .unwrap()
+        .iter()
+        .filter_map(|f| load_file(f).err().map(|e| e.to_string()))
+        .collect();
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// Load every file under `$GRIDLOOP_CHECK_DIR` and print diagnostics (review aid).
+#[test]
+#[ignore]
+fn check_dir() {
+    let Ok(dir) = std::env::var("GRIDLOOP_CHECK_DIR") else {
+        return;
+    };
+    for file in discover(&[PathBuf::from(dir)]).unwrap() {
+        match load_file(&file) {
+            Ok(_) => eprintln!("ok {}", file.display()),
+            Err(e) => eprintln!("{e}"),
+        }
+    }
+}

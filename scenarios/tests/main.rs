@@ -6,3 +6,4 @@ mod bad_corpus;
 mod design_sketch;
 mod discover;
 mod no_panic;
+mod rules;
