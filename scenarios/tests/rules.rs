@@ -210,3 +210,18 @@ fn tolerances_parse_as_documented() {
         "unknown variant `volts`",
     );
 }
+
+#[test]
+fn network_event_groups_point_at_the_name() {
+    let Err(LoadError::Invalid(d)) = load_str(
+        &edit(&[("groups: [feeder-a]", "groups: [feeder-x]")]),
+        Path::new("r.yaml"),
+    ) else {
+        panic!("accepted")
+    };
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        d[0].to_string(),
+        "r.yaml:20:35: events[2].rf_loss.groups[0]: unknown group `feeder-x`; known groups: `feeder-a`"
+    );
+}
