@@ -39,14 +39,14 @@ pub fn load(src: &str, file: &Path) -> Result<sim_core::Scenario, Vec<Diagnostic
             })
             .collect());
     }
-    check_version(src, &spans).map_err(|m| vec![diag(spans.locate("schema"), "schema", m)])?;
+    check_version(src).map_err(|m| vec![diag(spans.locate("schema"), "schema", m)])?;
     let dto: ScenarioDto =
         serde_yaml::from_str(src).map_err(|e| vec![serde_diagnostic(&e, &spans, file)])?;
     validate::lower(&dto, &spans, file)
 }
 
 /// A file of another version gets one clear message rather than a pile of unknown keys.
-fn check_version(src: &str, spans: &SpanIndex) -> Result<(), String> {
+fn check_version(src: &str) -> Result<(), String> {
     #[derive(Deserialize)]
     struct Probe {
         schema: Option<serde_yaml::Value>,
@@ -54,7 +54,6 @@ fn check_version(src: &str, spans: &SpanIndex) -> Result<(), String> {
     let Ok(Probe { schema: Some(v) }) = serde_yaml::from_str::<Probe>(src) else {
         return Ok(());
     };
-    let _ = spans;
     match v.as_u64() {
         Some(SCHEMA_VERSION) | None => Ok(()),
         Some(n) => Err(format!(
