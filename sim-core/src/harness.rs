@@ -454,7 +454,9 @@ impl MeterSink {
 
 impl Probe {
     fn offer(&mut self, ev: &MeasureEvent) {
-        if self.value.is_some() {
+        // Urms(1/2) windows overlap by half a cycle: the one that starts at the last half-cycle
+        // boundary before `at` wins, so keep offering those; other windows tile time.
+        if self.value.is_some() && self.quantity != Quantity::UrmsHalfCycle {
             return;
         }
         let hit = |ch: usize, t0: Seconds, t1: Seconds| ch == self.ch && t0 <= self.at && self.at < t1;
