@@ -246,3 +246,224 @@ impl Aggregator {
         self.pq.finish(t, out);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::grid::Phase;
+    use crate::measure::test_signal::{config, pq_events};
+    use crate::measure::PqEvent;
+    use crate::scenario::PqEventKind;
+
+    const UDIN: f64 = 230.0;
+    const HALF: f64 = 0.01;
+
+    /// Feed half cycles whose RMS is `levels[k][ch]` pu, channels interleaved in time order.
+    fn feed(levels: &[Vec<f64>], finish_at: Option<f64>) -> Vec<MeasureEvent> {
+        let channels = levels[0].len();
+        let mut agg = Aggregator::new(&config(UDIN, 50.0, 3200.0, channels));
+        let mut out = Vec::new();
+        for (k, lv) in levels.iter().enumerate() {
+            for (ch, &u) in lv.iter().enumerate() {
+                let t0 = k as f64 * HALF;
+                agg.push_half_cycle(ch, t0, t0 + HALF, (u * UDIN).powi(2), &mut out);
+            }
+        }
+        if let Some(t) = finish_at {
+            agg.finish(t, &mut out);
+        }
+        out
+    }
+
+    fn steady(n: usize, lv: &[f64]) -> Vec<Vec<f64>> {
+        vec![lv.to_vec(); n]
+    }
+
+    fn of(events: &[PqEvent], kind: PqEventKind, phase: Option<Phase>) -> Vec<PqEvent> {
+        events
+            .iter()
+            .filter(|e| e.kind == kind && e.phase == phase)
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn urms_half_is_the_duration_weighted_last_cycle() {
+        let mut agg = Aggregator::new(&config(UDIN, 50.0, 3200.0, 1));
+        let mut out = Vec::new();
+        agg.push_half_cycle(0, 0.0, 0.01, 100.0, &mut out);
+        assert!(out.is_empty());
+        agg.push_half_cycle(0, 0.01, 0.03, 400.0, &mut out);
+        let expected = ((100.0 * 0.01 + 400.0 * 0.02) / 0.03_f64).sqrt();
+        assert_eq!(out.len(), 1);
+        match out[0] {
+            MeasureEvent::UrmsHalf {
+                ch: 0,
+                t_start,
+                t_end,
+                value,
+            } => {
+                assert_eq!((t_start, t_end), (0.0, 0.03));
+                assert!((value - expected).abs() < 1e-12);
+            }
+            ref e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn hysteresis_gives_one_dip_for_a_value_oscillating_inside_the_band() {
+        let oscillate = |high: f64| {
+            let mut lv = steady(10, &[1.0]);
+            for k in 0..60 {
+                lv.push(vec![if (k / 3) % 2 == 0 { 0.895 } else { high }]);
+            }
+            lv.extend(steady(10, &[1.0]));
+            pq_events(&feed(&lv, None))
+        };
+        let pq = oscillate(0.91);
+        let dips = of(&pq, PqEventKind::Dip, Some(Phase::L1));
+        assert_eq!(dips.len(), 1, "{pq:?}");
+        assert!((dips[0].extreme - 0.895 * UDIN).abs() < 1e-9);
+        // First value below 90 %: the first full cycle at 0.895 (half cycles 10 and 11).
+        assert!((dips[0].start - 0.12).abs() < 1e-9, "{}", dips[0].start);
+        // First value at or above 92 %: the cycle half back at 1.0 (√((0.91² + 1)/2) ≈ 0.956).
+        assert!((dips[0].end - 0.71).abs() < 1e-9, "{}", dips[0].end);
+        assert_eq!(of(&pq, PqEventKind::Dip, None).len(), 1);
+        // Control: swinging past 92 % ends the dip every time.
+        let many = of(&oscillate(0.95), PqEventKind::Dip, Some(Phase::L1)).len();
+        assert_eq!(many, 10);
+    }
+
+    #[test]
+    fn swell_ends_at_threshold_minus_hysteresis() {
+        let mut lv = steady(4, &[1.0]);
+        lv.extend(steady(6, &[1.12]));
+        lv.extend(steady(6, &[1.09])); // inside the band: still a swell
+        lv.extend(steady(6, &[1.08]));
+        let pq = pq_events(&feed(&lv, None));
+        let sw = of(&pq, PqEventKind::Swell, Some(Phase::L1));
+        assert_eq!(sw.len(), 1, "{pq:?}");
+        assert!((sw[0].extreme - 1.12 * UDIN).abs() < 1e-9);
+        assert!(
+            (sw[0].start - 0.06).abs() < 1e-9 && (sw[0].end - 0.18).abs() < 1e-9,
+            "{:?}",
+            sw[0]
+        );
+    }
+
+    #[test]
+    fn polyphase_dip_starts_on_any_channel_and_ends_when_all_recover() {
+        let mut lv = steady(4, &[1.0, 1.0, 1.0]);
+        lv.extend(steady(6, &[0.5, 1.0, 1.0]));
+        lv.extend(steady(6, &[1.0, 0.7, 1.0]));
+        lv.extend(steady(6, &[1.0, 1.0, 1.0]));
+        let pq = pq_events(&feed(&lv, None));
+        let poly = of(&pq, PqEventKind::Dip, None);
+        assert_eq!(poly.len(), 1, "{pq:?}");
+        assert!((poly[0].extreme - 0.5 * UDIN).abs() < 1e-9);
+        // Starts with the cycle half in the dip (√((1 + 0.25)/2) ≈ 0.79), ends when L2 is back.
+        assert!(
+            (poly[0].start - 0.05).abs() < 1e-9 && (poly[0].end - 0.18).abs() < 1e-9,
+            "{:?}",
+            poly[0]
+        );
+        assert_eq!(of(&pq, PqEventKind::Dip, Some(Phase::L1)).len(), 1);
+        assert_eq!(of(&pq, PqEventKind::Dip, Some(Phase::L2)).len(), 1);
+        assert!(of(&pq, PqEventKind::Dip, Some(Phase::L3)).is_empty());
+        assert!(of(&pq, PqEventKind::Interruption, None).is_empty());
+    }
+
+    #[test]
+    fn polyphase_interruption_needs_all_channels_and_ends_on_any() {
+        let mut lv = steady(4, &[1.0, 1.0, 1.0]);
+        lv.extend(steady(6, &[0.05, 0.0, 1.0])); // two of three: no polyphase interruption
+        lv.extend(steady(6, &[0.05, 0.0, 0.02])); // all three: interruption
+        lv.extend(steady(6, &[0.05, 0.5, 0.02])); // L2 back above 12 %: ends
+        lv.extend(steady(6, &[1.0, 1.0, 1.0]));
+        let pq = pq_events(&feed(&lv, None));
+        let int = of(&pq, PqEventKind::Interruption, None);
+        assert_eq!(int.len(), 1, "{pq:?}");
+        // L3's first value below 10 % is its first full cycle at 2 %; L2's first value back is
+        // √((0 + 0.25)/2) ≈ 35 %.
+        assert!(
+            (int[0].start - 0.12).abs() < 1e-9 && (int[0].end - 0.17).abs() < 1e-9,
+            "{:?}",
+            int[0]
+        );
+        assert!(int[0].extreme < 0.03 * UDIN);
+        // The polyphase dip spans everything; single-phase interruptions on each channel.
+        let dip = of(&pq, PqEventKind::Dip, None);
+        assert_eq!(dip.len(), 1);
+        assert!(
+            (dip[0].start - 0.05).abs() < 1e-9 && (dip[0].end - 0.24).abs() < 1e-9,
+            "{:?}",
+            dip[0]
+        );
+        for ph in Phase::ALL {
+            assert_eq!(
+                of(&pq, PqEventKind::Interruption, Some(ph)).len(),
+                1,
+                "{ph}"
+            );
+        }
+    }
+
+    #[test]
+    fn finish_closes_open_events() {
+        let mut lv = steady(4, &[1.0]);
+        lv.extend(steady(6, &[0.5]));
+        let pq = pq_events(&feed(&lv, Some(7.0)));
+        assert_eq!(pq.len(), 2, "{pq:?}");
+        assert!(pq
+            .iter()
+            .all(|e| e.end == 7.0 && e.kind == PqEventKind::Dip));
+    }
+
+    #[test]
+    fn rms10_and_rms150_count_windows_and_flag_overlaps() {
+        // 50 Hz: 20 half cycles per window, 15 windows per aggregate.
+        let mut lv = steady(20 * 15, &[1.0]);
+        lv[20 * 3 + 5] = vec![0.1];
+        lv.extend(steady(20 * 15, &[1.0]));
+        let out = feed(&lv, None);
+        let rms10: Vec<_> = out
+            .iter()
+            .filter_map(|e| match *e {
+                MeasureEvent::Rms10 {
+                    t_start,
+                    value,
+                    flagged,
+                    ..
+                } => Some((t_start, value, flagged)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rms10.len(), 30);
+        for (i, &(t0, v, flagged)) in rms10.iter().enumerate() {
+            assert!((t0 - i as f64 * 0.2).abs() < 1e-9);
+            assert_eq!(flagged, i == 3, "window {i}");
+            if i != 3 {
+                assert!((v - UDIN).abs() < 1e-9);
+            } else {
+                let expected = ((19.0 + 0.01) / 20.0_f64).sqrt() * UDIN;
+                assert!((v - expected).abs() < 1e-9);
+            }
+        }
+        let rms150: Vec<_> = out
+            .iter()
+            .filter_map(|e| match *e {
+                MeasureEvent::Rms150 {
+                    t_start,
+                    t_end,
+                    flagged,
+                    ..
+                } => Some((t_start, t_end, flagged)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rms150.len(), 2);
+        assert!((rms150[0].1 - 3.0).abs() < 1e-9 && rms150[0].2);
+        assert!((rms150[1].0 - 3.0).abs() < 1e-9 && !rms150[1].2);
+    }
+}
