@@ -190,18 +190,19 @@ impl ChannelFront {
         self.i_deadline = first_sample_at_or_after(self.deadline_t, p.fs).max(self.i_free);
     }
 
-    /// Lower bound of the time of any event this channel emits from now on.
-    fn horizon(&self, p: &Params) -> Seconds {
+    /// Lower bound of the time of any event this channel emits from now on; `None` before
+    /// its first sample.
+    fn horizon(&self, p: &Params) -> Option<Seconds> {
         if !self.seen {
-            return f64::NEG_INFINITY;
+            return None;
         }
         let t_last = p.time(self.next_idx - 1);
-        if self.emitting {
+        Some(if self.emitting {
             // Next boundary: a crossing after the last sample and past the gate, or free-running.
             t_last.max(self.gate_t).min(self.free_t)
         } else {
             t_last.min(self.free_t)
-        }
+        })
     }
 
     /// Consume `v` (starting at absolute index `idx0`, entirely before or entirely from
@@ -500,16 +501,15 @@ impl WaveformFrontEnd {
         }
     }
 
-    /// No event this front end emits from now on has an earlier time. `-∞` until every
-    /// channel has seen a sample.
+    /// No event this front end emits from now on has an earlier time: the minimum over the
+    /// channels that have seen samples (blocks are expected to carry the same channels every
+    /// time); `-∞` before the first sample.
     pub fn horizon(&self) -> Seconds {
         let Some(p) = self.params else {
             return f64::INFINITY;
         };
-        self.channels
-            .iter()
-            .map(|c| c.horizon(&p))
-            .fold(f64::INFINITY, f64::min)
+        let seen = self.channels.iter().filter_map(|c| c.horizon(&p));
+        seen.reduce(f64::min).unwrap_or(f64::NEG_INFINITY)
     }
 
     pub fn config(&self) -> &MeasureConfig {
