@@ -28,7 +28,9 @@ fn blocks() -> Vec<SampleBlock> {
             for i in 0..len {
                 let t = (start + i) as f64 / FS;
                 let th = 2.0 * PI * 60.0 * t - shift;
-                noise_state = noise_state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                noise_state = noise_state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
                 let noise = ((noise_state >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 0.2;
                 b.voltage[ch][i] = (169.7 * (th.sin() + 0.03 * (5.0 * th).sin()) + noise) as f32;
             }
@@ -58,7 +60,11 @@ fn bench_measure(c: &mut Criterion) {
     let mut group = c.benchmark_group("measure_3ph_60hz_12k8");
     group.throughput(Throughput::Elements(samples));
     for thd in [false, true] {
-        let name = if thd { "front_end+aggregator+thd" } else { "front_end+aggregator" };
+        let name = if thd {
+            "front_end+aggregator+thd"
+        } else {
+            "front_end+aggregator"
+        };
         let cfg = config(thd);
         let mut out: Vec<MeasureEvent> = Vec::with_capacity(1 << 16);
         // Steady state: one long stream (the signal is periodic over the buffer, so the blocks

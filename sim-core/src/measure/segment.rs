@@ -227,7 +227,7 @@ impl ChannelFront {
     fn crossing_time(&self, p: &Params, x: f32, idx: u64) -> Seconds {
         let a = f64::from(self.prev);
         let frac = a / (a - f64::from(x));
-        ((idx - 1) as f64 + frac) / p.fs
+        (idx.saturating_sub(1) as f64 + frac) / p.fs
     }
 
     /// A boundary at `t_b`; `first_idx` is the first sample of the next half cycle. A crossing
