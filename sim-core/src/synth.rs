@@ -35,7 +35,11 @@ impl SampleBlock {
             len: 0,
             sample_rate,
             voltage: vec![vec![0.0; capacity]; channels],
-            current: if with_current { vec![vec![0.0; capacity]; channels] } else { Vec::new() },
+            current: if with_current {
+                vec![vec![0.0; capacity]; channels]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -74,7 +78,10 @@ fn frac(x: f64) -> f64 {
 /// End of a disturbance's active window (`+∞` for a frequency change that does not return).
 fn window_end(d: &Disturbance) -> Seconds {
     match d.kind {
-        DisturbanceKind::Frequency { return_to_nominal: false, .. } => f64::INFINITY,
+        DisturbanceKind::Frequency {
+            return_to_nominal: false,
+            ..
+        } => f64::INFINITY,
         _ => d.at + d.kind.duration(),
     }
 }
@@ -92,7 +99,9 @@ fn rms_variation_factor(d: &Disturbance, v: &RmsVariation, t: Seconds) -> f64 {
     }
     let s = if v.ramp > 0.0 {
         let tau = t - d.at;
-        (tau / v.ramp).min((v.duration + v.ramp - tau) / v.ramp).clamp(0.0, 1.0)
+        (tau / v.ramp)
+            .min((v.duration + v.ramp - tau) / v.ramp)
+            .clamp(0.0, 1.0)
     } else {
         1.0
     };
@@ -100,7 +109,13 @@ fn rms_variation_factor(d: &Disturbance, v: &RmsVariation, t: Seconds) -> f64 {
 }
 
 /// Trapezoid shape (0..1) of a frequency excursion and its integral since onset.
-fn frequency_shape(at: Seconds, ramp: Seconds, duration: Seconds, ret: bool, t: Seconds) -> (f64, f64) {
+fn frequency_shape(
+    at: Seconds,
+    ramp: Seconds,
+    duration: Seconds,
+    ret: bool,
+    t: Seconds,
+) -> (f64, f64) {
     let tau = t - at;
     if tau.is_nan() || tau < 0.0 {
         return (0.0, 0.0);
@@ -165,7 +180,11 @@ impl SupplyModel {
                 _ => None,
             })
             .collect();
-        SupplyModel { grid: grid.clone(), disturbances, thermal }
+        SupplyModel {
+            grid: grid.clone(),
+            disturbances,
+            thermal,
+        }
     }
 
     pub fn channels(&self) -> usize {
@@ -181,7 +200,13 @@ impl SupplyModel {
     pub fn cycles(&self, t: Seconds) -> f64 {
         let mut c = self.grid.frequency * t;
         for d in &self.disturbances {
-            if let DisturbanceKind::Frequency { deviation, ramp, duration, return_to_nominal } = d.kind {
+            if let DisturbanceKind::Frequency {
+                deviation,
+                ramp,
+                duration,
+                return_to_nominal,
+            } = d.kind
+            {
                 c += deviation * frequency_shape(d.at, ramp, duration, return_to_nominal, t).1;
             }
         }
@@ -193,7 +218,13 @@ impl SupplyModel {
     pub fn frequency(&self, t: Seconds) -> f64 {
         let mut f = self.grid.frequency;
         for d in &self.disturbances {
-            if let DisturbanceKind::Frequency { deviation, ramp, duration, return_to_nominal } = d.kind {
+            if let DisturbanceKind::Frequency {
+                deviation,
+                ramp,
+                duration,
+                return_to_nominal,
+            } = d.kind
+            {
                 f += deviation * frequency_shape(d.at, ramp, duration, return_to_nominal, t).0;
             }
         }
@@ -209,7 +240,9 @@ impl SupplyModel {
                 continue;
             }
             match &d.kind {
-                DisturbanceKind::Sag(v) | DisturbanceKind::Swell(v) | DisturbanceKind::Interruption(v) => {
+                DisturbanceKind::Sag(v)
+                | DisturbanceKind::Swell(v)
+                | DisturbanceKind::Interruption(v) => {
                     off += v.phase_jump_deg.to_radians();
                 }
                 DisturbanceKind::Unbalance { angles_deg, .. } => off += angles_deg[ch].to_radians(),
@@ -239,10 +272,15 @@ impl SupplyModel {
             return 1.0;
         }
         match &d.kind {
-            DisturbanceKind::Sag(v) | DisturbanceKind::Swell(v) | DisturbanceKind::Interruption(v) => {
-                rms_variation_factor(d, v, t)
-            }
-            DisturbanceKind::Flicker { depth, frequency, shape, .. } => {
+            DisturbanceKind::Sag(v)
+            | DisturbanceKind::Swell(v)
+            | DisturbanceKind::Interruption(v) => rms_variation_factor(d, v, t),
+            DisturbanceKind::Flicker {
+                depth,
+                frequency,
+                shape,
+                ..
+            } => {
                 let x = frequency * (t - d.at);
                 let m = match shape {
                     FlickerShape::Sine => (TAU * frac(x)).sin(),
@@ -281,20 +319,41 @@ impl SupplyModel {
     /// `ch` at `t` (magnitudes interpolated towards `end`; an order only in `end` grows from 0).
     pub fn for_each_harmonic(&self, ch: usize, t: Seconds, mut f: impl FnMut(u32, f64, f64)) {
         for d in &self.disturbances {
-            let DisturbanceKind::Harmonics { components, end, duration } = &d.kind else { continue };
+            let DisturbanceKind::Harmonics {
+                components,
+                end,
+                duration,
+            } = &d.kind
+            else {
+                continue;
+            };
             if !d.phases.contains_index(ch) || !is_active(d, t) {
                 continue;
             }
-            let x = if *duration > 0.0 { ((t - d.at) / duration).clamp(0.0, 1.0) } else { 0.0 };
+            let x = if *duration > 0.0 {
+                ((t - d.at) / duration).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
             for c in components {
                 let m1 = match end {
-                    Some(e) => e.iter().find(|h| h.order == c.order).map_or(0.0, |h| h.magnitude),
+                    Some(e) => e
+                        .iter()
+                        .find(|h| h.order == c.order)
+                        .map_or(0.0, |h| h.magnitude),
                     None => c.magnitude,
                 };
-                f(c.order, c.magnitude + (m1 - c.magnitude) * x, c.phase_deg.to_radians());
+                f(
+                    c.order,
+                    c.magnitude + (m1 - c.magnitude) * x,
+                    c.phase_deg.to_radians(),
+                );
             }
             if let Some(e) = end {
-                for h in e.iter().filter(|h| !components.iter().any(|c| c.order == h.order)) {
+                for h in e
+                    .iter()
+                    .filter(|h| !components.iter().any(|c| c.order == h.order))
+                {
                     f(h.order, h.magnitude * x, h.phase_deg.to_radians());
                 }
             }
@@ -306,7 +365,11 @@ impl SupplyModel {
     pub fn harmonics(&self, ch: usize, t: Seconds) -> Vec<Harmonic> {
         let mut v = Vec::new();
         self.for_each_harmonic(ch, t, |order, magnitude, phase| {
-            v.push(Harmonic { order, magnitude, phase_deg: phase.to_degrees() })
+            v.push(Harmonic {
+                order,
+                magnitude,
+                phase_deg: phase.to_degrees(),
+            })
         });
         v
     }
@@ -334,10 +397,23 @@ impl SupplyModel {
             }
             let tau = t - d.at;
             match d.kind {
-                DisturbanceKind::Interharmonic { frequency, magnitude, phase_deg, .. } => {
-                    a += vpk * magnitude * (TAU * frac(frequency * tau) + phase_deg.to_radians()).sin();
+                DisturbanceKind::Interharmonic {
+                    frequency,
+                    magnitude,
+                    phase_deg,
+                    ..
+                } => {
+                    a += vpk
+                        * magnitude
+                        * (TAU * frac(frequency * tau) + phase_deg.to_radians()).sin();
                 }
-                DisturbanceKind::OscillatoryTransient { magnitude, frequency, tau: decay, phase_deg, .. } => {
+                DisturbanceKind::OscillatoryTransient {
+                    magnitude,
+                    frequency,
+                    tau: decay,
+                    phase_deg,
+                    ..
+                } => {
                     if decay > 0.0 {
                         a += vpk
                             * magnitude
@@ -345,9 +421,17 @@ impl SupplyModel {
                             * (TAU * frac(frequency * tau) + phase_deg.to_radians()).sin();
                     }
                 }
-                DisturbanceKind::ImpulsiveTransient { magnitude, tau_rise, tau_fall, .. } => {
+                DisturbanceKind::ImpulsiveTransient {
+                    magnitude,
+                    tau_rise,
+                    tau_fall,
+                    ..
+                } => {
                     if let Some(k) = impulse_norm(tau_rise, tau_fall) {
-                        a += vpk * magnitude * k * ((-tau / tau_fall).exp() - (-tau / tau_rise).exp());
+                        a += vpk
+                            * magnitude
+                            * k
+                            * ((-tau / tau_fall).exp() - (-tau / tau_rise).exp());
                     }
                 }
                 _ => {}
@@ -365,7 +449,13 @@ impl SupplyModel {
                 continue;
             }
             match d.kind {
-                DisturbanceKind::Notch { depth, width, per_cycle, angle_deg, .. } => {
+                DisturbanceKind::Notch {
+                    depth,
+                    width,
+                    per_cycle,
+                    angle_deg,
+                    ..
+                } => {
                     if let Some((spacing, w)) = self.notch_geometry(per_cycle, width) {
                         if (theta - angle_deg.to_radians()).rem_euclid(spacing) < w {
                             v = notch_pull(v, depth * vpk);
@@ -381,8 +471,12 @@ impl SupplyModel {
 
     /// Notch spacing and width in radians of the fundamental (width at nominal frequency).
     fn notch_geometry(&self, per_cycle: u32, width: Seconds) -> Option<(f64, f64)> {
-        (per_cycle > 0 && width > 0.0)
-            .then(|| (TAU / f64::from(per_cycle), TAU * self.grid.frequency * width))
+        (per_cycle > 0 && width > 0.0).then(|| {
+            (
+                TAU / f64::from(per_cycle),
+                TAU * self.grid.frequency * width,
+            )
+        })
     }
 
     /// Exact instantaneous voltage of channel `ch` at `t`, V, without noise (the slow
@@ -390,7 +484,9 @@ impl SupplyModel {
     pub fn voltage_at(&self, ch: usize, t: Seconds) -> f64 {
         let theta = self.carrier_angle(ch, t);
         let mut c = theta.sin();
-        self.for_each_harmonic(ch, t, |h, a, phi| c += a * (f64::from(h) * theta + phi).sin());
+        self.for_each_harmonic(ch, t, |h, a, phi| {
+            c += a * (f64::from(h) * theta + phi).sin()
+        });
         let v = self.nominal_peak() * self.envelope(ch, t) * c + self.additive_at(ch, t);
         self.notch_and_dc(ch, t, theta, v)
     }
@@ -401,7 +497,10 @@ impl SupplyModel {
         match self.grid.load {
             Some(load) => {
                 let phi = load.power_factor.clamp(0.0, 1.0).acos();
-                SQRT_2 * load.current * self.envelope(ch, t) * (self.carrier_angle(ch, t) - phi).sin()
+                SQRT_2
+                    * load.current
+                    * self.envelope(ch, t)
+                    * (self.carrier_angle(ch, t) - phi).sin()
             }
             None => 0.0,
         }
@@ -417,12 +516,23 @@ impl SupplyModel {
                 e.push(end);
             }
             match d.kind {
-                DisturbanceKind::Sag(v) | DisturbanceKind::Swell(v) | DisturbanceKind::Interruption(v) => {
+                DisturbanceKind::Sag(v)
+                | DisturbanceKind::Swell(v)
+                | DisturbanceKind::Interruption(v) => {
                     e.push(d.at + v.ramp);
                     e.push(d.at + v.duration);
                 }
-                DisturbanceKind::Frequency { ramp, duration, return_to_nominal, .. } => {
-                    let r = if return_to_nominal { ramp.min(duration / 2.0) } else { ramp };
+                DisturbanceKind::Frequency {
+                    ramp,
+                    duration,
+                    return_to_nominal,
+                    ..
+                } => {
+                    let r = if return_to_nominal {
+                        ramp.min(duration / 2.0)
+                    } else {
+                        ramp
+                    };
                     e.push(d.at + r.max(0.0));
                     if return_to_nominal {
                         e.push(d.at + duration - r.max(0.0));
@@ -440,7 +550,12 @@ impl SupplyModel {
     /// True when some frequency excursion changes the frequency between `t0` and `t1`.
     fn frequency_varies(&self, t0: Seconds, t1: Seconds) -> bool {
         self.disturbances.iter().any(|d| match d.kind {
-            DisturbanceKind::Frequency { ramp, duration, return_to_nominal, .. } => {
+            DisturbanceKind::Frequency {
+                ramp,
+                duration,
+                return_to_nominal,
+                ..
+            } => {
                 frequency_shape(d.at, ramp, duration, return_to_nominal, t0).0
                     != frequency_shape(d.at, ramp, duration, return_to_nominal, t1).0
             }
@@ -456,7 +571,9 @@ impl SupplyModel {
                 return false;
             }
             match &d.kind {
-                DisturbanceKind::Sag(v) | DisturbanceKind::Swell(v) | DisturbanceKind::Interruption(v) => {
+                DisturbanceKind::Sag(v)
+                | DisturbanceKind::Swell(v)
+                | DisturbanceKind::Interruption(v) => {
                     rms_variation_factor(d, v, t0) != rms_variation_factor(d, v, t1)
                 }
                 DisturbanceKind::Flicker { .. } => is_active(d, t0) || is_active(d, t1),
@@ -566,9 +683,9 @@ impl Synthesizer {
             .disturbances
             .iter()
             .map(|d| match &d.kind {
-                DisturbanceKind::Harmonics { components, end, .. } => {
-                    components.len() + end.as_ref().map_or(0, Vec::len)
-                }
+                DisturbanceKind::Harmonics {
+                    components, end, ..
+                } => components.len() + end.as_ref().map_or(0, Vec::len),
                 _ => 0,
             })
             .sum();
@@ -586,7 +703,11 @@ impl Synthesizer {
             chunk_len: 0,
             chunk_pos: 0,
             cache_v: vec![vec![0.0; CHUNK]; channels],
-            cache_i: if with_current { vec![vec![0.0; CHUNK]; channels] } else { Vec::new() },
+            cache_i: if with_current {
+                vec![vec![0.0; CHUNK]; channels]
+            } else {
+                Vec::new()
+            },
             rngs,
             harm: Vec::with_capacity(harm_cap),
         }
@@ -616,10 +737,12 @@ impl Synthesizer {
             let take = (n - done).min(self.chunk_len - self.chunk_pos);
             let src = self.chunk_pos..self.chunk_pos + take;
             for ch in 0..channels {
-                block.voltage[ch][done..done + take].copy_from_slice(&self.cache_v[ch][src.clone()]);
+                block.voltage[ch][done..done + take]
+                    .copy_from_slice(&self.cache_v[ch][src.clone()]);
             }
             for ch in 0..currents {
-                block.current[ch][done..done + take].copy_from_slice(&self.cache_i[ch][src.clone()]);
+                block.current[ch][done..done + take]
+                    .copy_from_slice(&self.cache_i[ch][src.clone()]);
             }
             done += take;
             self.chunk_pos += take;
@@ -642,7 +765,14 @@ impl Synthesizer {
         self.chunk_len = m;
         self.chunk_pos = 0;
 
-        let Synthesizer { model, cache_v, cache_i, rngs, harm, .. } = self;
+        let Synthesizer {
+            model,
+            cache_v,
+            cache_i,
+            rngs,
+            harm,
+            ..
+        } = self;
         let fs = model.grid.sample_rate;
         let vpk = model.nominal_peak();
         let t0 = k0 as f64 / fs;
@@ -700,7 +830,11 @@ impl Synthesizer {
             // Envelope: per sample when it moves fast, linear (thermal) or constant otherwise.
             let e0 = model.envelope(ch, t0);
             let per_sample = model.envelope_varies_fast(ch, t0, t_last);
-            let e1 = if per_sample { e0 } else { model.envelope(ch, t_last) };
+            let e1 = if per_sample {
+                e0
+            } else {
+                model.envelope(ch, t_last)
+            };
             if per_sample {
                 for (i, x) in g[..m].iter_mut().enumerate() {
                     *x = model.envelope(ch, time(i));
@@ -723,12 +857,30 @@ impl Synthesizer {
                 }
                 let tau0 = t0 - d.at;
                 match d.kind {
-                    DisturbanceKind::Interharmonic { frequency, magnitude, phase_deg, .. } => {
+                    DisturbanceKind::Interharmonic {
+                        frequency,
+                        magnitude,
+                        phase_deg,
+                        ..
+                    } => {
                         let th = TAU * frac(frequency * tau0) + phase_deg.to_radians();
-                        add_sine_block(&mut a[..m], th, TAU * frequency / fs, vpk * magnitude, 0.0, additive);
+                        add_sine_block(
+                            &mut a[..m],
+                            th,
+                            TAU * frequency / fs,
+                            vpk * magnitude,
+                            0.0,
+                            additive,
+                        );
                         additive = true;
                     }
-                    DisturbanceKind::OscillatoryTransient { magnitude, frequency, tau, phase_deg, .. } => {
+                    DisturbanceKind::OscillatoryTransient {
+                        magnitude,
+                        frequency,
+                        tau,
+                        phase_deg,
+                        ..
+                    } => {
                         if tau > 0.0 {
                             let th = TAU * frac(frequency * tau0) + phase_deg.to_radians();
                             let (mut im, mut re) = th.sin_cos();
@@ -747,12 +899,20 @@ impl Synthesizer {
                             additive = true;
                         }
                     }
-                    DisturbanceKind::ImpulsiveTransient { magnitude, tau_rise, tau_fall, .. } => {
+                    DisturbanceKind::ImpulsiveTransient {
+                        magnitude,
+                        tau_rise,
+                        tau_fall,
+                        ..
+                    } => {
                         if let Some(k) = impulse_norm(tau_rise, tau_fall) {
                             let amp = vpk * magnitude * k;
                             let mut ef = amp * (-tau0 / tau_fall).exp();
                             let mut er = amp * (-tau0 / tau_rise).exp();
-                            let (rf, rr) = ((-1.0 / (fs * tau_fall)).exp(), (-1.0 / (fs * tau_rise)).exp());
+                            let (rf, rr) = (
+                                (-1.0 / (fs * tau_fall)).exp(),
+                                (-1.0 / (fs * tau_rise)).exp(),
+                            );
                             for x in a[..m].iter_mut() {
                                 *x = if additive { *x + (ef - er) } else { ef - er };
                                 ef *= rf;
@@ -784,7 +944,11 @@ impl Synthesizer {
                         v += a[i];
                     }
                     if post {
-                        let theta = if exact { base[i] + off } else { theta0 + i as f64 * delta };
+                        let theta = if exact {
+                            base[i] + off
+                        } else {
+                            theta0 + i as f64 * delta
+                        };
                         v = model.notch_and_dc(ch, time(i), theta, v);
                     } else {
                         v += dc;
@@ -832,11 +996,12 @@ pub fn resolve_point_on_wave(grid: &GridSpec, disturbances: &mut [Disturbance]) 
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::disturbance::{Conductor, ThermalDrift};
     use crate::grid::{LoadSpec, PhaseSet, PhaseSystem};
     use proptest::prelude::*;
+    use rand::Rng as _;
 
     fn grid(f: f64, system: PhaseSystem, fs: f64) -> GridSpec {
         GridSpec {
@@ -844,56 +1009,223 @@ mod tests {
             frequency: f,
             system,
             sample_rate: fs,
-            load: Some(LoadSpec { current: 10.0, power_factor: 0.8 }),
+            load: Some(LoadSpec {
+                current: 10.0,
+                power_factor: 0.8,
+            }),
         }
     }
 
     fn dist(at: f64, phases: PhaseSet, kind: DisturbanceKind) -> Disturbance {
-        Disturbance { at, point_on_wave_deg: None, phases, groups: vec![], kind }
+        Disturbance {
+            at,
+            point_on_wave_deg: None,
+            phases,
+            groups: vec![],
+            kind,
+        }
     }
 
     fn rv(level: f64, duration: f64, ramp: f64, jump: f64) -> RmsVariation {
-        RmsVariation { level, duration, ramp, phase_jump_deg: jump }
+        RmsVariation {
+            level,
+            duration,
+            ramp,
+            phase_jump_deg: jump,
+        }
     }
 
     /// A random mix with every disturbance kind except noise, inside [0, span].
-    fn random_mix(rng: &mut Pcg64, span: f64, with_noise: bool) -> Vec<Disturbance> {
+    pub(crate) fn random_mix(rng: &mut Pcg64, span: f64, with_noise: bool) -> Vec<Disturbance> {
         let mut u = |lo: f64, hi: f64| lo + (hi - lo) * rng.gen::<f64>();
-        let mut ph = |x: f64| PhaseSet::of(&[crate::grid::Phase::from_index((x * 3.0) as usize % 3).unwrap()]);
+        let ph = |x: f64| {
+            PhaseSet::of(&[crate::grid::Phase::from_index((x * 3.0) as usize % 3).unwrap()])
+        };
         let mut v = vec![
-            dist(u(0.0, span / 2.0), ph(u(0.0, 1.0)), DisturbanceKind::Sag(rv(u(0.1, 0.9), u(0.02, 0.1), u(0.0, 0.01), u(-30.0, 30.0)))),
-            dist(u(0.0, span / 2.0), ph(u(0.0, 1.0)), DisturbanceKind::Swell(rv(u(1.1, 1.8), u(0.02, 0.1), 0.0, 0.0))),
-            dist(u(0.0, span / 2.0), ph(u(0.0, 1.0)), DisturbanceKind::Interruption(rv(u(0.0, 0.1), u(0.02, 0.1), u(0.0, 0.005), 0.0))),
-            dist(u(0.0, span / 2.0), PhaseSet::ALL, DisturbanceKind::Harmonics {
-                components: vec![
-                    Harmonic { order: 3, magnitude: u(0.0, 0.15), phase_deg: u(-180.0, 180.0) },
-                    Harmonic { order: 5, magnitude: u(0.0, 0.15), phase_deg: u(-180.0, 180.0) },
-                ],
-                end: Some(vec![Harmonic { order: 3, magnitude: u(0.0, 0.1), phase_deg: 0.0 }, Harmonic { order: 2, magnitude: u(0.0, 0.05), phase_deg: 10.0 }]),
-                duration: u(0.05, span / 2.0),
-            }),
-            dist(u(0.0, span / 2.0), PhaseSet::ALL, DisturbanceKind::Harmonics {
-                components: vec![Harmonic { order: 7, magnitude: u(0.0, 0.1), phase_deg: u(-180.0, 180.0) }],
-                end: None,
-                duration: u(0.05, span / 2.0),
-            }),
-            dist(u(0.0, span / 2.0), ph(u(0.0, 1.0)), DisturbanceKind::Interharmonic { frequency: u(70.0, 900.0), magnitude: u(0.0, 0.05), phase_deg: u(-180.0, 180.0), duration: u(0.02, 0.2) }),
-            dist(u(0.0, span / 2.0), PhaseSet::ALL, DisturbanceKind::Flicker { depth: u(0.0, 0.1), frequency: u(8.0, 25.0), shape: FlickerShape::Sine, duration: u(0.05, 0.2) }),
-            dist(u(0.0, span / 2.0), ph(u(0.0, 1.0)), DisturbanceKind::Flicker { depth: u(0.0, 0.1), frequency: u(8.0, 25.0), shape: FlickerShape::Square, duration: u(0.05, 0.2) }),
-            dist(u(0.0, span / 2.0), ph(u(0.0, 1.0)), DisturbanceKind::OscillatoryTransient { magnitude: u(0.1, 0.8), frequency: u(300.0, 900.0), tau: u(0.008, 0.04), phase_deg: u(-180.0, 180.0), duration: u(0.005, 0.05) }),
-            dist(u(0.0, span / 2.0), ph(u(0.0, 1.0)), DisturbanceKind::ImpulsiveTransient { magnitude: u(-1.1, 1.1), tau_rise: u(0.00005, 0.0002), tau_fall: u(0.0005, 0.002), duration: 0.001 }),
-            dist(u(0.0, span / 2.0), ph(u(0.0, 1.0)), DisturbanceKind::Notch { depth: u(0.1, 0.4), width: u(0.0002, 0.0008), per_cycle: 2, angle_deg: u(0.0, 360.0), duration: u(0.02, 0.2) }),
-            dist(u(0.0, span / 2.0), ph(u(0.0, 1.0)), DisturbanceKind::DcOffset { magnitude: u(-0.05, 0.05), duration: u(0.02, 0.2) }),
-            dist(u(0.0, span / 2.0), PhaseSet::ALL, DisturbanceKind::Frequency { deviation: u(-2.0, 2.0), ramp: u(0.0, 0.05), duration: u(0.1, 0.3), return_to_nominal: true }),
-            dist(u(span / 2.0, span), PhaseSet::ALL, DisturbanceKind::Frequency { deviation: u(-0.5, 0.5), ramp: u(0.0, 0.05), duration: 1.0, return_to_nominal: false }),
-            dist(u(0.0, span / 2.0), PhaseSet::of(&[crate::grid::Phase::L2, crate::grid::Phase::L3]), DisturbanceKind::Unbalance { magnitudes: [1.0, u(0.9, 1.1), u(0.9, 1.1)], angles_deg: [0.0, u(-5.0, 5.0), u(-5.0, 5.0)], duration: u(0.02, 0.2) }),
-            dist(u(0.0, span / 2.0), ph(u(0.0, 1.0)), DisturbanceKind::ThermalDrift(ThermalDrift {
-                conductor: Conductor::Aluminium, r20: 0.2, x: 0.05, current: 60.0, power_factor: 0.9,
-                ambient: 30.0, initial: 30.0, thermal_resistance: 0.5, tau: 0.3, duration: span,
-            })),
+            dist(
+                u(0.0, span / 2.0),
+                ph(u(0.0, 1.0)),
+                DisturbanceKind::Sag(rv(u(0.1, 0.9), u(0.02, 0.1), u(0.0, 0.01), u(-30.0, 30.0))),
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                ph(u(0.0, 1.0)),
+                DisturbanceKind::Swell(rv(u(1.1, 1.8), u(0.02, 0.1), 0.0, 0.0)),
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                ph(u(0.0, 1.0)),
+                DisturbanceKind::Interruption(rv(u(0.0, 0.1), u(0.02, 0.1), u(0.0, 0.005), 0.0)),
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                PhaseSet::ALL,
+                DisturbanceKind::Harmonics {
+                    components: vec![
+                        Harmonic {
+                            order: 3,
+                            magnitude: u(0.0, 0.15),
+                            phase_deg: u(-180.0, 180.0),
+                        },
+                        Harmonic {
+                            order: 5,
+                            magnitude: u(0.0, 0.15),
+                            phase_deg: u(-180.0, 180.0),
+                        },
+                    ],
+                    end: Some(vec![
+                        Harmonic {
+                            order: 3,
+                            magnitude: u(0.0, 0.1),
+                            phase_deg: 0.0,
+                        },
+                        Harmonic {
+                            order: 2,
+                            magnitude: u(0.0, 0.05),
+                            phase_deg: 10.0,
+                        },
+                    ]),
+                    duration: u(0.05, span / 2.0),
+                },
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                PhaseSet::ALL,
+                DisturbanceKind::Harmonics {
+                    components: vec![Harmonic {
+                        order: 7,
+                        magnitude: u(0.0, 0.1),
+                        phase_deg: u(-180.0, 180.0),
+                    }],
+                    end: None,
+                    duration: u(0.05, span / 2.0),
+                },
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                ph(u(0.0, 1.0)),
+                DisturbanceKind::Interharmonic {
+                    frequency: u(70.0, 900.0),
+                    magnitude: u(0.0, 0.05),
+                    phase_deg: u(-180.0, 180.0),
+                    duration: u(0.02, 0.2),
+                },
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                PhaseSet::ALL,
+                DisturbanceKind::Flicker {
+                    depth: u(0.0, 0.1),
+                    frequency: u(8.0, 25.0),
+                    shape: FlickerShape::Sine,
+                    duration: u(0.05, 0.2),
+                },
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                ph(u(0.0, 1.0)),
+                DisturbanceKind::Flicker {
+                    depth: u(0.0, 0.1),
+                    frequency: u(8.0, 25.0),
+                    shape: FlickerShape::Square,
+                    duration: u(0.05, 0.2),
+                },
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                ph(u(0.0, 1.0)),
+                DisturbanceKind::OscillatoryTransient {
+                    magnitude: u(0.1, 0.8),
+                    frequency: u(300.0, 900.0),
+                    tau: u(0.008, 0.04),
+                    phase_deg: u(-180.0, 180.0),
+                    duration: u(0.005, 0.05),
+                },
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                ph(u(0.0, 1.0)),
+                DisturbanceKind::ImpulsiveTransient {
+                    magnitude: u(-1.1, 1.1),
+                    tau_rise: u(0.00005, 0.0002),
+                    tau_fall: u(0.0005, 0.002),
+                    duration: 0.001,
+                },
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                ph(u(0.0, 1.0)),
+                DisturbanceKind::Notch {
+                    depth: u(0.1, 0.4),
+                    width: u(0.0002, 0.0008),
+                    per_cycle: 2,
+                    angle_deg: u(0.0, 360.0),
+                    duration: u(0.02, 0.2),
+                },
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                ph(u(0.0, 1.0)),
+                DisturbanceKind::DcOffset {
+                    magnitude: u(-0.05, 0.05),
+                    duration: u(0.02, 0.2),
+                },
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                PhaseSet::ALL,
+                DisturbanceKind::Frequency {
+                    deviation: u(-2.0, 2.0),
+                    ramp: u(0.0, 0.05),
+                    duration: u(0.1, 0.3),
+                    return_to_nominal: true,
+                },
+            ),
+            dist(
+                u(span / 2.0, span),
+                PhaseSet::ALL,
+                DisturbanceKind::Frequency {
+                    deviation: u(-0.5, 0.5),
+                    ramp: u(0.0, 0.05),
+                    duration: 1.0,
+                    return_to_nominal: false,
+                },
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                PhaseSet::of(&[crate::grid::Phase::L2, crate::grid::Phase::L3]),
+                DisturbanceKind::Unbalance {
+                    magnitudes: [1.0, u(0.9, 1.1), u(0.9, 1.1)],
+                    angles_deg: [0.0, u(-5.0, 5.0), u(-5.0, 5.0)],
+                    duration: u(0.02, 0.2),
+                },
+            ),
+            dist(
+                u(0.0, span / 2.0),
+                ph(u(0.0, 1.0)),
+                DisturbanceKind::ThermalDrift(ThermalDrift {
+                    conductor: Conductor::Aluminium,
+                    r20: 0.2,
+                    x: 0.05,
+                    current: 60.0,
+                    power_factor: 0.9,
+                    ambient: 30.0,
+                    initial: 30.0,
+                    thermal_resistance: 0.5,
+                    tau: 0.3,
+                    duration: span,
+                }),
+            ),
         ];
         if with_noise {
-            v.push(dist(u(0.0, span / 2.0), PhaseSet::ALL, DisturbanceKind::Noise { rms: u(0.001, 0.02), duration: u(0.05, span) }));
+            v.push(dist(
+                u(0.0, span / 2.0),
+                PhaseSet::ALL,
+                DisturbanceKind::Noise {
+                    rms: u(0.001, 0.02),
+                    duration: u(0.05, span),
+                },
+            ));
         }
         v
     }
@@ -923,7 +1255,11 @@ mod tests {
     #[test]
     fn fill_matches_the_analytic_model_for_every_kind() {
         let mut rng = Pcg64::seed_from_u64(7);
-        let systems = [PhaseSystem::ThreePhase, PhaseSystem::SplitPhase, PhaseSystem::Single];
+        let systems = [
+            PhaseSystem::ThreePhase,
+            PhaseSystem::SplitPhase,
+            PhaseSystem::Single,
+        ];
         for case in 0..6 {
             let f = if case % 2 == 0 { 50.0 } else { 60.0 };
             let fs = [12_800.0, 10_000.0, 7_680.0][case % 3];
@@ -939,9 +1275,11 @@ mod tests {
                 for ch in 0..model.channels() {
                     for k in 0..total {
                         let t = k as f64 / fs;
-                        let e = (f64::from(out.voltage[ch][k]) - model.voltage_at(ch, t)).abs() / vpk;
+                        let e =
+                            (f64::from(out.voltage[ch][k]) - model.voltage_at(ch, t)).abs() / vpk;
                         worst = worst.max(e);
-                        let ei = (f64::from(out.current[ch][k]) - model.current_at(ch, t)).abs() / ipk;
+                        let ei =
+                            (f64::from(out.current[ch][k]) - model.current_at(ch, t)).abs() / ipk;
                         assert!(ei < 1e-4, "current case {case} ch {ch} k {k}: {ei}");
                     }
                 }
@@ -970,7 +1308,11 @@ mod tests {
     #[test]
     fn sag_envelope_ramps_and_phase_jump() {
         let g = grid(50.0, PhaseSystem::ThreePhase, 12_800.0);
-        let sag = dist(0.1, PhaseSet::of(&[crate::grid::Phase::L1]), DisturbanceKind::Sag(rv(0.6, 0.2, 0.01, 20.0)));
+        let sag = dist(
+            0.1,
+            PhaseSet::of(&[crate::grid::Phase::L1]),
+            DisturbanceKind::Sag(rv(0.6, 0.2, 0.01, 20.0)),
+        );
         let m = SupplyModel::new(&g, vec![sag]);
         assert_eq!(m.envelope(0, 0.099), 1.0);
         assert!((m.envelope(0, 0.105) - 0.8).abs() < 1e-12);
@@ -985,10 +1327,31 @@ mod tests {
     #[test]
     fn frequency_trapezoid_angle_is_the_integral_of_frequency() {
         let g = grid(50.0, PhaseSystem::Single, 12_800.0);
-        let m = SupplyModel::new(&g, vec![
-            dist(0.1, PhaseSet::ALL, DisturbanceKind::Frequency { deviation: 1.5, ramp: 0.1, duration: 0.5, return_to_nominal: true }),
-            dist(0.8, PhaseSet::ALL, DisturbanceKind::Frequency { deviation: -0.5, ramp: 0.2, duration: 0.0, return_to_nominal: false }),
-        ]);
+        let m = SupplyModel::new(
+            &g,
+            vec![
+                dist(
+                    0.1,
+                    PhaseSet::ALL,
+                    DisturbanceKind::Frequency {
+                        deviation: 1.5,
+                        ramp: 0.1,
+                        duration: 0.5,
+                        return_to_nominal: true,
+                    },
+                ),
+                dist(
+                    0.8,
+                    PhaseSet::ALL,
+                    DisturbanceKind::Frequency {
+                        deviation: -0.5,
+                        ramp: 0.2,
+                        duration: 0.0,
+                        return_to_nominal: false,
+                    },
+                ),
+            ],
+        );
         assert_eq!(m.frequency(0.05), 50.0);
         assert!((m.frequency(0.15) - 50.75).abs() < 1e-12);
         assert!((m.frequency(0.3) - 51.5).abs() < 1e-12);
@@ -1003,7 +1366,11 @@ mod tests {
             c += m.frequency((i as f64 + 0.5) * h) * h;
             if (i + 1) % 20_000 == 0 {
                 let t = (i + 1) as f64 * h;
-                assert!((m.cycles(t) - c).abs() < 1e-7, "t {t}: {} vs {c}", m.cycles(t));
+                assert!(
+                    (m.cycles(t) - c).abs() < 1e-7,
+                    "t {t}: {} vs {c}",
+                    m.cycles(t)
+                );
             }
         }
         // Closed form after the excursion: 1.5·(0.5 − 0.1) extra cycles.
@@ -1014,10 +1381,21 @@ mod tests {
     fn thermal_drift_lowers_the_envelope() {
         let g = grid(60.0, PhaseSystem::Single, 12_800.0);
         let td = ThermalDrift {
-            conductor: Conductor::Copper, r20: 0.1, x: 0.0, current: 50.0, power_factor: 1.0,
-            ambient: 20.0, initial: 20.0, thermal_resistance: 0.1, tau: 60.0, duration: 3600.0,
+            conductor: Conductor::Copper,
+            r20: 0.1,
+            x: 0.0,
+            current: 50.0,
+            power_factor: 1.0,
+            ambient: 20.0,
+            initial: 20.0,
+            thermal_resistance: 0.1,
+            tau: 60.0,
+            duration: 3600.0,
         };
-        let m = SupplyModel::new(&g, vec![dist(10.0, PhaseSet::ALL, DisturbanceKind::ThermalDrift(td))]);
+        let m = SupplyModel::new(
+            &g,
+            vec![dist(10.0, PhaseSet::ALL, DisturbanceKind::ThermalDrift(td))],
+        );
         assert_eq!(m.envelope(0, 5.0), 1.0);
         // At onset the conductor is at 20 °C: drop = 50 A × 0.1 Ω.
         assert!((m.envelope(0, 10.0) - (230.0 - 5.0) / 230.0).abs() < 1e-12);
@@ -1031,7 +1409,17 @@ mod tests {
     fn noise_has_the_requested_rms_and_is_seeded() {
         let mut g = grid(50.0, PhaseSystem::ThreePhase, 12_800.0);
         g.load = None;
-        let m = SupplyModel::new(&g, vec![dist(0.0, PhaseSet::ALL, DisturbanceKind::Noise { rms: 0.01, duration: 10.0 })]);
+        let m = SupplyModel::new(
+            &g,
+            vec![dist(
+                0.0,
+                PhaseSet::ALL,
+                DisturbanceKind::Noise {
+                    rms: 0.01,
+                    duration: 10.0,
+                },
+            )],
+        );
         let a = run(&m, 42, &[4096], 64_000);
         let b = run(&m, 42, &[333], 64_000);
         let c = run(&m, 43, &[4096], 64_000);
@@ -1055,7 +1443,11 @@ mod tests {
         let g = grid(60.0, PhaseSystem::ThreePhase, 12_800.0);
         let mut d = vec![Disturbance {
             point_on_wave_deg: Some(90.0),
-            ..dist(0.1234, PhaseSet::ALL, DisturbanceKind::Sag(rv(0.5, 0.1, 0.0, 0.0)))
+            ..dist(
+                0.1234,
+                PhaseSet::ALL,
+                DisturbanceKind::Sag(rv(0.5, 0.1, 0.0, 0.0)),
+            )
         }];
         resolve_point_on_wave(&g, &mut d);
         assert!(d[0].at >= 0.1234 && d[0].at < 0.1234 + 1.0 / 60.0);
@@ -1064,7 +1456,10 @@ mod tests {
         let t = d[0].at;
         assert!((m.voltage_at(0, t - 1e-9) - vpk).abs() < 1e-6 * vpk);
         assert!((m.voltage_at(0, t) - 0.5 * vpk).abs() < 1e-6 * vpk);
-        let mut d0 = vec![Disturbance { point_on_wave_deg: Some(0.0), ..d[0].clone() }];
+        let mut d0 = vec![Disturbance {
+            point_on_wave_deg: Some(0.0),
+            ..d[0].clone()
+        }];
         resolve_point_on_wave(&g, &mut d0);
         assert!(m.voltage_at(0, d0[0].at - 1e-9).abs() < 1e-5 * vpk);
     }
@@ -1072,18 +1467,40 @@ mod tests {
     #[test]
     fn notch_pulls_towards_zero_without_crossing() {
         let g = grid(50.0, PhaseSystem::Single, 12_800.0);
-        let m = SupplyModel::new(&g, vec![dist(0.0, PhaseSet::ALL, DisturbanceKind::Notch {
-            depth: 0.3, width: 0.001, per_cycle: 2, angle_deg: 30.0, duration: 1.0,
-        })]);
+        let m = SupplyModel::new(
+            &g,
+            vec![dist(
+                0.0,
+                PhaseSet::ALL,
+                DisturbanceKind::Notch {
+                    depth: 0.3,
+                    width: 0.001,
+                    per_cycle: 2,
+                    angle_deg: 30.0,
+                    duration: 1.0,
+                },
+            )],
+        );
         let vpk = g.nominal_peak();
         // 30° into the cycle: inside the first notch.
         let t = (30.5 / 360.0) / 50.0;
         let clean = vpk * (TAU * 50.0 * t).sin();
         assert!((m.voltage_at(0, t) - (clean - 0.3 * vpk)).abs() < 1e-9);
         // Near the zero crossing of the second notch (210°): clipped at zero, not crossed.
-        let m2 = SupplyModel::new(&g, vec![dist(0.0, PhaseSet::ALL, DisturbanceKind::Notch {
-            depth: 0.3, width: 0.001, per_cycle: 1, angle_deg: 179.0, duration: 1.0,
-        })]);
+        let m2 = SupplyModel::new(
+            &g,
+            vec![dist(
+                0.0,
+                PhaseSet::ALL,
+                DisturbanceKind::Notch {
+                    depth: 0.3,
+                    width: 0.001,
+                    per_cycle: 1,
+                    angle_deg: 179.0,
+                    duration: 1.0,
+                },
+            )],
+        );
         let t2 = (179.5 / 360.0) / 50.0;
         assert_eq!(m2.voltage_at(0, t2), 0.0);
     }

@@ -39,7 +39,11 @@ impl ThermalProfile {
             1
         };
         let mut temps = Vec::with_capacity(steps + 1);
-        let decay = if drift.tau > 0.0 { (-THERMAL_STEP / drift.tau).exp() } else { 0.0 };
+        let decay = if drift.tau > 0.0 {
+            (-THERMAL_STEP / drift.tau).exp()
+        } else {
+            0.0
+        };
         let heat = drift.current * drift.current * drift.thermal_resistance;
         let mut t = drift.initial;
         temps.push(t);
@@ -52,7 +56,11 @@ impl ThermalProfile {
             }
             temps.push(t);
         }
-        ThermalProfile { drift: *drift, alpha, temps }
+        ThermalProfile {
+            drift: *drift,
+            alpha,
+            temps,
+        }
     }
 
     pub fn drift(&self) -> &ThermalDrift {
@@ -143,7 +151,11 @@ mod tests {
         let rise = d.current * d.current * d.r20 * d.thermal_resistance;
         let closed = |t: f64| d.ambient + rise * (1.0 - (-t / d.tau).exp());
         let at_tau = p.temperature(d.tau);
-        assert!((at_tau - closed(d.tau)).abs() < 1e-9, "{at_tau} vs {}", closed(d.tau));
+        assert!(
+            (at_tau - closed(d.tau)).abs() < 1e-9,
+            "{at_tau} vs {}",
+            closed(d.tau)
+        );
         assert!(((at_tau - d.ambient) / rise - 0.632_120_6).abs() < 1e-6);
         // Between grid points the interpolation error is tiny for τ ≫ 1 s.
         assert!((p.temperature(1234.5) - closed(1234.5)).abs() < 1e-3);
