@@ -55,20 +55,57 @@ impl PqEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MeasureEvent {
     /// Mean square of one half cycle between two zero crossings, V².
-    HalfCycle { ch: usize, t_start: Seconds, t_end: Seconds, ms: f64 },
+    HalfCycle {
+        ch: usize,
+        t_start: Seconds,
+        t_end: Seconds,
+        ms: f64,
+    },
     /// Urms(1/2): RMS over the last full cycle, refreshed every half cycle; `t_end` is the
     /// window end (when the value becomes available).
-    UrmsHalf { ch: usize, t_start: Seconds, t_end: Seconds, value: f64 },
+    UrmsHalf {
+        ch: usize,
+        t_start: Seconds,
+        t_end: Seconds,
+        value: f64,
+    },
     /// 10/12-cycle RMS; `flagged` when the window overlapped a dip, swell or interruption.
-    Rms10 { ch: usize, t_start: Seconds, t_end: Seconds, value: f64, flagged: bool },
+    Rms10 {
+        ch: usize,
+        t_start: Seconds,
+        t_end: Seconds,
+        value: f64,
+        flagged: bool,
+    },
     /// 150/180-cycle aggregate (RMS of 15 basic windows), resynchronised at 10-min boundaries.
-    Rms150 { ch: usize, t_start: Seconds, t_end: Seconds, value: f64, flagged: bool },
+    Rms150 {
+        ch: usize,
+        t_start: Seconds,
+        t_end: Seconds,
+        value: f64,
+        flagged: bool,
+    },
     /// THD (subgroup form, orders 2..=50) over a 10/12-cycle window, % of the fundamental.
-    Thd { ch: usize, t_start: Seconds, t_end: Seconds, percent: f64 },
+    Thd {
+        ch: usize,
+        t_start: Seconds,
+        t_end: Seconds,
+        percent: f64,
+    },
     /// Frequency from whole cycles between zero crossings over the window, Hz.
-    Frequency { t_start: Seconds, t_end: Seconds, hz: f64 },
+    Frequency {
+        t_start: Seconds,
+        t_end: Seconds,
+        hz: f64,
+    },
     /// Active power over a 10/12-cycle window and cumulative energy since start.
-    Power { ch: usize, t_start: Seconds, t_end: Seconds, watts: f64, energy_wh: f64 },
+    Power {
+        ch: usize,
+        t_start: Seconds,
+        t_end: Seconds,
+        watts: f64,
+        energy_wh: f64,
+    },
     /// A completed power-quality event.
     Pq(PqEvent),
 }
@@ -146,7 +183,10 @@ pub struct Measurement {
 
 impl Measurement {
     pub fn new(cfg: &MeasureConfig) -> Self {
-        Measurement { front: WaveformFrontEnd::new(cfg), aggregator: Aggregator::new(cfg) }
+        Measurement {
+            front: WaveformFrontEnd::new(cfg),
+            aggregator: Aggregator::new(cfg),
+        }
     }
 
     /// Push a block through both stages. `out` receives every event, including the

@@ -33,7 +33,10 @@ pub struct MeterEvent {
 pub enum Payload {
     /// Latest 10/12-cycle RMS per phase (unused phases 0), plus the meter's cumulative ring
     /// overflow count so the head-end can raise a buffer-overflow alarm.
-    Reading { volts: [f32; 3], overflow: u64 },
+    Reading {
+        volts: [f32; 3],
+        overflow: u64,
+    },
     Event(MeterEvent),
 }
 

@@ -29,24 +29,24 @@ const MAX_SPLITS: usize = 128;
 
 /// 8-point Gauss–Legendre nodes and weights on [−1, 1].
 const GL_X: [f64; 8] = [
-    -0.960_289_856_497_536_3,
+    -0.960_289_856_497_536_2,
     -0.796_666_477_413_626_7,
-    -0.525_532_409_916_329_0,
+    -0.525_532_409_916_329,
     -0.183_434_642_495_649_8,
     0.183_434_642_495_649_8,
-    0.525_532_409_916_329_0,
+    0.525_532_409_916_329,
     0.796_666_477_413_626_7,
-    0.960_289_856_497_536_3,
+    0.960_289_856_497_536_2,
 ];
 const GL_W: [f64; 8] = [
-    0.101_228_536_290_376_3,
-    0.222_381_034_453_374_5,
+    0.101_228_536_290_376_26,
+    0.222_381_034_453_374_47,
     0.313_706_645_877_887_3,
-    0.362_683_783_378_362_0,
-    0.362_683_783_378_362_0,
+    0.362_683_783_378_362,
+    0.362_683_783_378_362,
     0.313_706_645_877_887_3,
-    0.222_381_034_453_374_5,
-    0.101_228_536_290_376_3,
+    0.222_381_034_453_374_47,
+    0.101_228_536_290_376_26,
 ];
 
 /// Mean of `f` over [a, b] by `panels` panels of 8-point Gauss–Legendre.
@@ -106,7 +106,7 @@ impl RmsFidelity {
             channels: Vec::with_capacity(n),
             window_half_cycles: 2 * cycles,
             thd: cfg.thd,
-            rng: Pcg64::seed_from_u64(seed ^ 0x5EED_0F_0A11_D0E5),
+            rng: Pcg64::seed_from_u64(seed ^ 0x5EED_0FA1_1D0E_5A11),
         };
         for ch in 0..n {
             let theta0 = me.model.fundamental_angle(ch, 0.0);
@@ -143,7 +143,7 @@ impl RmsFidelity {
                 }
             }
             let Some((ch, t_end)) = next else { return };
-            if !(t_end <= until) {
+            if t_end.partial_cmp(&until) == Some(std::cmp::Ordering::Greater) || t_end.is_nan() {
                 return;
             }
             let s = self.channels[ch];
@@ -367,7 +367,7 @@ impl RmsFidelity {
         let th_a = m.fundamental_angle(ch, a);
         let th_b = th_a + (m.fundamental_angle(ch, tm) - th_a) * 2.0;
         for d in &m.disturbances {
-            if !d.phases.contains_index(ch) || !(tm >= d.at && tm < d.end()) {
+            if !d.phases.contains_index(ch) || tm < d.at || tm >= d.end() {
                 continue;
             }
             match d.kind {
@@ -449,8 +449,7 @@ impl RmsFidelity {
                 e += 1;
                 let n = self.local_splits(ch, a, b, &mut splits);
                 let mut p = a;
-                for i in 0..=n {
-                    let q = if i < n { splits[i] } else { b };
+                for q in splits[..n].iter().copied().chain(std::iter::once(b)) {
                     if q > p {
                         let share = (q - p) / (t1 - t0);
                         let mut panels = (panels_total * share).ceil().max(2.0) as usize;
@@ -528,7 +527,7 @@ impl RmsFidelity {
                     ..
                 } = d.kind
                 {
-                    if !d.phases.contains_index(ch) || !(t >= d.at && t < d.end()) {
+                    if !d.phases.contains_index(ch) || t < d.at || t >= d.end() {
                         continue;
                     }
                     let h = (frequency / f1).round();

@@ -413,13 +413,11 @@ impl SupplyModel {
                     tau: decay,
                     phase_deg,
                     ..
-                } => {
-                    if decay > 0.0 {
-                        a += vpk
-                            * magnitude
-                            * (-tau / decay).exp()
-                            * (TAU * frac(frequency * tau) + phase_deg.to_radians()).sin();
-                    }
+                } if decay > 0.0 => {
+                    a += vpk
+                        * magnitude
+                        * (-tau / decay).exp()
+                        * (TAU * frac(frequency * tau) + phase_deg.to_radians()).sin();
                 }
                 DisturbanceKind::ImpulsiveTransient {
                     magnitude,
@@ -880,24 +878,22 @@ impl Synthesizer {
                         tau,
                         phase_deg,
                         ..
-                    } => {
-                        if tau > 0.0 {
-                            let th = TAU * frac(frequency * tau0) + phase_deg.to_radians();
-                            let (mut im, mut re) = th.sin_cos();
-                            let amp = vpk * magnitude * (-tau0 / tau).exp();
-                            im *= amp;
-                            re *= amp;
-                            let decay = (-1.0 / (fs * tau)).exp();
-                            let (ws, wc) = (TAU * frequency / fs).sin_cos();
-                            let (ws, wc) = (ws * decay, wc * decay);
-                            for x in a[..m].iter_mut() {
-                                *x = if additive { *x + im } else { im };
-                                let r = re * wc - im * ws;
-                                im = re * ws + im * wc;
-                                re = r;
-                            }
-                            additive = true;
+                    } if tau > 0.0 => {
+                        let th = TAU * frac(frequency * tau0) + phase_deg.to_radians();
+                        let (mut im, mut re) = th.sin_cos();
+                        let amp = vpk * magnitude * (-tau0 / tau).exp();
+                        im *= amp;
+                        re *= amp;
+                        let decay = (-1.0 / (fs * tau)).exp();
+                        let (ws, wc) = (TAU * frequency / fs).sin_cos();
+                        let (ws, wc) = (ws * decay, wc * decay);
+                        for x in a[..m].iter_mut() {
+                            *x = if additive { *x + im } else { im };
+                            let r = re * wc - im * ws;
+                            im = re * ws + im * wc;
+                            re = r;
                         }
+                        additive = true;
                     }
                     DisturbanceKind::ImpulsiveTransient {
                         magnitude,
@@ -1001,7 +997,7 @@ pub(crate) mod tests {
     use crate::disturbance::{Conductor, ThermalDrift};
     use crate::grid::{LoadSpec, PhaseSet, PhaseSystem};
     use proptest::prelude::*;
-    use rand::Rng as _;
+    use rand::Rng as RandRng;
 
     fn grid(f: f64, system: PhaseSystem, fs: f64) -> GridSpec {
         GridSpec {
@@ -1037,7 +1033,7 @@ pub(crate) mod tests {
 
     /// A random mix with every disturbance kind except noise, inside [0, span].
     pub(crate) fn random_mix(rng: &mut Pcg64, span: f64, with_noise: bool) -> Vec<Disturbance> {
-        let mut u = |lo: f64, hi: f64| lo + (hi - lo) * rng.gen::<f64>();
+        let mut u = |lo: f64, hi: f64| lo + (hi - lo) * RandRng::gen::<f64>(rng);
         let ph = |x: f64| {
             PhaseSet::of(&[crate::grid::Phase::from_index((x * 3.0) as usize % 3).unwrap()])
         };
