@@ -475,10 +475,13 @@ impl RmsFidelity {
                 && tm >= d.at
                 && tm < d.end()
         });
-        let varies = harmonics_move || (e0 - em).abs() + (em - e1).abs() > 1e-9 * em.abs();
+        // A slow envelope (thermal drift, slow flicker) barely correlates with the carrier:
+        // Simpson's rule on E² is exact for a quadratic envelope.
+        let varies = harmonics_move || (e0 - em).abs() + (em - e1).abs() > 1e-5 * em.abs();
         if !varies {
             let carrier = Self::carrier_mean_square(&mut ph, k) + extra;
-            return vpk * vpk * em * em * carrier;
+            let e2 = (e0 * e0 + 4.0 * em * em + e1 * e1) / 6.0;
+            return vpk * vpk * e2 * carrier;
         }
         // A moving envelope (sine flicker, thermal drift) or moving harmonic magnitudes
         // correlate with the carrier's half-cycle shape: integrate the (smooth) wave itself.
@@ -912,5 +915,74 @@ mod tests {
             b.advance(t.min(1.0), &mut eb);
         }
         assert_eq!(ea, eb);
+    }
+
+    #[test]
+    fn crossings_stay_exact_after_eight_hours() {
+        let g = grid(60.0);
+        let r = RmsFidelity::new(SupplyModel::new(&g, vec![]), &cfg(&g, false), 1);
+        let t: f64 = 8.0 * 3600.0;
+        // Half cycle k of L3 (+120°) ends where 2π·60·t + 2π/3 = kπ.
+        let k = (2.0 * 60.0 * t + 2.0 / 3.0).floor() + 1.0;
+        let want = (k - 2.0 / 3.0) / 120.0;
+        let got = r.crossing(2, k * PI, t);
+        assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+        let ms = r.clean_ms(2, got, r.crossing(2, (k + 1.0) * PI, got), k);
+        assert!((ms / (230.0 * 230.0) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn thermal_drift_half_cycles_follow_the_drop() {
+        use crate::disturbance::{Conductor, ThermalDrift};
+        let g = grid(60.0);
+        let td = ThermalDrift {
+            conductor: Conductor::Copper,
+            r20: 0.1,
+            x: 0.0,
+            current: 80.0,
+            power_factor: 1.0,
+            ambient: 20.0,
+            initial: 20.0,
+            thermal_resistance: 0.1,
+            tau: 120.0,
+            duration: 3600.0,
+        };
+        let model = SupplyModel::new(
+            &g,
+            vec![dist(0.0, PhaseSet::ALL, DisturbanceKind::ThermalDrift(td))],
+        );
+        let mut r = RmsFidelity::new(model.clone(), &cfg(&g, false), 1);
+        let mut ev = Vec::new();
+        r.advance(300.0, &mut ev);
+        let p = crate::thermal::ThermalProfile::new(&td);
+        for (t0, t1, ms) in half_cycles(&ev, 0).into_iter().step_by(997) {
+            let tm = 0.5 * (t0 + t1);
+            let want = (230.0 - 80.0 * p.resistance(tm)).powi(2);
+            assert!((ms / want - 1.0).abs() < 1e-6, "{tm}: {ms} vs {want}");
+        }
+        let last = half_cycles(&ev, 0).last().copied().unwrap();
+        assert!(last.2.sqrt() < 230.0 - 8.0 - 0.5, "{}", last.2.sqrt());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn carrier_mean_square_matches_quadrature(
+            comps in proptest::collection::vec((2u32..12, 0.0f64..0.2, -3.2f64..3.2), 0..5),
+            k in 0i64..7,
+        ) {
+            let mut ph = [(0.0, 0.0); MAX_ORDER + 1];
+            for &(h, a, phi) in &comps {
+                ph[h as usize].0 += a * phi.cos();
+                ph[h as usize].1 += a * phi.sin();
+            }
+            let got = RmsFidelity::carrier_mean_square(&mut ph, k as f64);
+            let kp = k as f64 * PI;
+            let want = gl_mean(kp, kp + PI, 16, |th| {
+                let c = th.sin() + comps.iter().map(|&(h, a, phi)| a * (f64::from(h) * th + phi).sin()).sum::<f64>();
+                c * c
+            });
+            proptest::prop_assert!((got - want).abs() < 1e-12, "{} vs {}", got, want);
+        }
     }
 }
