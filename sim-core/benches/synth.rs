@@ -2,7 +2,9 @@
 //! fidelity (meter-seconds of grid time per second).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sim_core::disturbance::{Disturbance, DisturbanceKind, Harmonic, RmsVariation};
+use sim_core::disturbance::{
+    Conductor, Disturbance, DisturbanceKind, FlickerShape, Harmonic, RmsVariation, ThermalDrift,
+};
 use sim_core::measure::{MeasureConfig, MeasureEvent};
 use sim_core::rms_model::RmsFidelity;
 use sim_core::scenario::PqThresholds;
@@ -70,6 +72,30 @@ fn cases() -> Vec<(&'static str, Vec<Disturbance>)> {
                 rms: 0.01,
                 duration: long,
             })],
+        ),
+        (
+            "flicker",
+            vec![always(DisturbanceKind::Flicker {
+                depth: 0.05,
+                frequency: 8.8,
+                shape: FlickerShape::Sine,
+                duration: long,
+            })],
+        ),
+        (
+            "thermal_drift",
+            vec![always(DisturbanceKind::ThermalDrift(ThermalDrift {
+                conductor: Conductor::Copper,
+                r20: 0.1,
+                x: 0.02,
+                current: 60.0,
+                power_factor: 0.9,
+                ambient: 25.0,
+                initial: 25.0,
+                thermal_resistance: 0.2,
+                tau: 600.0,
+                duration: 8.0 * 3600.0,
+            }))],
         ),
     ]
 }

@@ -561,25 +561,6 @@ impl SupplyModel {
         })
     }
 
-    /// True when channel `ch`'s envelope changes quickly inside [t0, t1] (ramps, flicker), so
-    /// it must be evaluated per sample.
-    fn envelope_varies_fast(&self, ch: usize, t0: Seconds, t1: Seconds) -> bool {
-        self.disturbances.iter().any(|d| {
-            if !d.phases.contains_index(ch) {
-                return false;
-            }
-            match &d.kind {
-                DisturbanceKind::Sag(v)
-                | DisturbanceKind::Swell(v)
-                | DisturbanceKind::Interruption(v) => {
-                    rms_variation_factor(d, v, t0) != rms_variation_factor(d, v, t1)
-                }
-                DisturbanceKind::Flicker { .. } => is_active(d, t0) || is_active(d, t1),
-                _ => false,
-            }
-        })
-    }
-
     /// Smallest sample index whose time `k / fs` is at or after `t` (exactly as sample times
     /// are computed, so segment edges agree with [`SupplyModel::voltage_at`]'s comparisons).
     fn first_index_at_or_after(t: Seconds, fs: f64) -> u64 {
@@ -792,6 +773,7 @@ impl Synthesizer {
         let mut s = [0.0_f64; CHUNK];
         let mut g = [0.0_f64; CHUNK];
         let mut a = [0.0_f64; CHUNK];
+        let mut tmp = [0.0_f64; CHUNK];
 
         for (ch, out) in cache_v.iter_mut().enumerate() {
             let off = model.angle_offset(ch, t0);
@@ -825,25 +807,61 @@ impl Synthesizer {
                 j += 1;
             });
 
-            // Envelope: per sample when it moves fast, linear (thermal) or constant otherwise.
-            let e0 = model.envelope(ch, t0);
-            let per_sample = model.envelope_varies_fast(ch, t0, t_last);
-            let e1 = if per_sample {
-                e0
-            } else {
-                model.envelope(ch, t_last)
-            };
-            if per_sample {
-                for (i, x) in g[..m].iter_mut().enumerate() {
-                    *x = model.envelope(ch, time(i));
+            // Envelope: a product of factors. Constant factors fold into `e0`; ramps are
+            // linear inside a chunk (their corners are chunk edges) and thermal drift nearly so;
+            // sine flicker uses a phasor recurrence, square flicker a per-sample step.
+            let mut e0 = 1.0;
+            let mut varying = false;
+            for (idx, d) in model.disturbances.iter().enumerate() {
+                if !d.phases.contains_index(ch) || !is_active(d, t0) {
+                    continue;
                 }
-            } else if e1 != e0 && m > 1 {
-                let de = (e1 - e0) / span;
-                for (i, x) in g[..m].iter_mut().enumerate() {
-                    *x = e0 + de * i as f64;
+                if !varying && matches!(d.kind, DisturbanceKind::Flicker { .. }) {
+                    g[..m].fill(1.0);
+                    varying = true;
+                }
+                match d.kind {
+                    DisturbanceKind::Flicker {
+                        depth,
+                        frequency,
+                        shape: FlickerShape::Sine,
+                        ..
+                    } => {
+                        let th = TAU * frac(frequency * (t0 - d.at));
+                        sine_block(&mut tmp[..m], th, TAU * frequency / fs);
+                        for (x, f) in g[..m].iter_mut().zip(&tmp[..m]) {
+                            *x *= 1.0 + depth / 2.0 * f;
+                        }
+                    }
+                    DisturbanceKind::Flicker { .. } => {
+                        for (i, x) in g[..m].iter_mut().enumerate() {
+                            *x *= model.envelope_factor(idx, ch, time(i));
+                        }
+                    }
+                    _ => {
+                        let f0 = model.envelope_factor(idx, ch, t0);
+                        let f1 = model.envelope_factor(idx, ch, t_last);
+                        if f0 == f1 || m == 1 {
+                            e0 *= f0;
+                        } else {
+                            if !varying {
+                                g[..m].fill(1.0);
+                                varying = true;
+                            }
+                            let df = (f1 - f0) / span;
+                            for (i, x) in g[..m].iter_mut().enumerate() {
+                                *x *= f0 + df * i as f64;
+                            }
+                        }
+                    }
                 }
             }
-            let scalar_gain = !per_sample && (e1 == e0 || m == 1);
+            if varying {
+                for x in g[..m].iter_mut() {
+                    *x *= e0;
+                }
+            }
+            let scalar_gain = !varying;
 
             // Additive terms, notches, DC offset and noise.
             let mut additive = false;
