@@ -80,6 +80,27 @@ struct ChannelState {
     count: u64,
     /// Start of the current THD/frequency window.
     window_start: Seconds,
+    /// Clean mean squares of a stationary stretch between two model edges.
+    cache: MsCache,
+}
+
+/// Between two model edges a channel whose envelope, harmonics and additive terms do not move
+/// repeats the same two half-cycle mean squares (one per polarity).
+#[derive(Debug, Clone, Copy)]
+struct MsCache {
+    /// The stretch (from, until) between model edges the values hold for.
+    from: Seconds,
+    until: Seconds,
+    /// Clean ms of half cycles starting at an even / odd multiple of π (NaN = not yet known).
+    ms: [f64; 2],
+}
+
+impl MsCache {
+    const EMPTY: MsCache = MsCache {
+        from: f64::NAN,
+        until: f64::NAN,
+        ms: [f64::NAN; 2],
+    };
 }
 
 /// The `rms` fidelity of one meter: half-cycle mean squares, THD and frequency from the model.
@@ -122,6 +143,7 @@ impl RmsFidelity {
                 k_end,
                 count: 0,
                 window_start: t_start,
+                cache: MsCache::EMPTY,
             });
         }
         me
@@ -187,6 +209,7 @@ impl RmsFidelity {
                 k_end,
                 count,
                 window_start,
+                cache: self.channels[ch].cache,
             };
         }
     }
@@ -498,7 +521,15 @@ impl RmsFidelity {
     /// Half-cycle mean square with noise: + σ² and a random term of variance
     /// 4σ²·ms_clean/N_samples.
     fn half_cycle_ms(&mut self, ch: usize, t0: Seconds, t1: Seconds, k: f64) -> f64 {
-        let clean = self.clean_ms(ch, t0, t1, k);
+        let parity = usize::from(k.rem_euclid(2.0) >= 0.5);
+        let c = self.channels[ch].cache;
+        let clean = if t0 > c.from && t1 < c.until && !c.ms[parity].is_nan() {
+            c.ms[parity]
+        } else {
+            let clean = self.clean_ms(ch, t0, t1, k);
+            self.remember(ch, t0, t1, k, parity, clean);
+            clean
+        };
         let sigma = self.model.noise_rms(ch, 0.5 * (t0 + t1));
         if sigma > 0.0 {
             let samples = ((t1 - t0) * self.model.grid.sample_rate).max(1.0);
@@ -507,6 +538,47 @@ impl RmsFidelity {
         } else {
             clean
         }
+    }
+
+    /// Cache `clean` when [t0, t1] lies in a stationary stretch of channel `ch`.
+    fn remember(&mut self, ch: usize, t0: Seconds, t1: Seconds, k: f64, parity: usize, clean: f64) {
+        let i = self.edges.partition_point(|&e| e <= t0);
+        let from = if i > 0 {
+            self.edges[i - 1]
+        } else {
+            f64::NEG_INFINITY
+        };
+        let until = self.edges.get(i).copied().unwrap_or(f64::INFINITY);
+        let m = &self.model;
+        let tm = 0.5 * (t0 + t1);
+        let moving = m.disturbances.iter().any(|d| {
+            d.phases.contains_index(ch)
+                && tm >= d.at
+                && tm < d.end()
+                && matches!(
+                    d.kind,
+                    DisturbanceKind::Flicker { .. }
+                        | DisturbanceKind::ThermalDrift(_)
+                        | DisturbanceKind::Harmonics { end: Some(_), .. }
+                )
+        });
+        let stationary = t1 < until
+            && !moving
+            && m.envelope(ch, t0) == m.envelope(ch, t1)
+            && !self.needs_quadrature(ch, t0, t1, k);
+        let cache = &mut self.channels[ch].cache;
+        if !stationary {
+            *cache = MsCache::EMPTY;
+            return;
+        }
+        if cache.from != from || cache.until != until {
+            *cache = MsCache {
+                from,
+                until,
+                ms: [f64::NAN; 2],
+            };
+        }
+        cache.ms[parity] = clean;
     }
 
     /// THD (%, subgroup form, orders 2..=50) over the window [t0, t1] of `ch`: the harmonic
