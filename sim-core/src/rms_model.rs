@@ -971,22 +971,45 @@ mod tests {
         assert!((var / var_want - 1.0).abs() < 0.1, "{var} vs {var_want}");
     }
 
-    #[test]
-    fn advance_in_pieces_equals_one_call() {
-        let g = grid(60.0);
-        let mut rng = Pcg64::seed_from_u64(3);
-        let model = SupplyModel::new(&g, crate::synth::tests::random_mix(&mut rng, 0.5, true));
-        let mut a = RmsFidelity::new(model.clone(), &cfg(&g, true), 9);
-        let mut b = RmsFidelity::new(model, &cfg(&g, true), 9);
-        let mut ea = Vec::new();
-        a.advance(1.0, &mut ea);
-        let mut eb = Vec::new();
-        let mut t: f64 = 0.0;
-        while t < 1.0 {
-            t += 0.0137;
-            b.advance(t.min(1.0), &mut eb);
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+        #[test]
+        fn advance_in_pieces_equals_one_call(seed in 0u64..500, steps in proptest::collection::vec(0.0005f64..0.05, 1..6)) {
+            let g = grid(if seed % 2 == 0 { 50.0 } else { 60.0 });
+            let mut rng = Pcg64::seed_from_u64(seed);
+            let model = SupplyModel::new(&g, crate::synth::tests::random_mix(&mut rng, 0.5, true));
+            let mut a = RmsFidelity::new(model.clone(), &cfg(&g, true), seed);
+            let mut b = RmsFidelity::new(model, &cfg(&g, true), seed);
+            let mut ea = Vec::new();
+            a.advance(0.6, &mut ea);
+            let mut eb = Vec::new();
+            let mut t: f64 = 0.0;
+            let mut i = 0;
+            while t < 0.6 {
+                t = (t + steps[i % steps.len()]).min(0.6);
+                i += 1;
+                b.advance(t, &mut eb);
+            }
+            proptest::prop_assert_eq!(ea, eb);
         }
-        assert_eq!(ea, eb);
+
+        #[test]
+        fn pure_sine_ms_is_nominal_squared(f in 45.0f64..65.0, nominal in 90.0f64..480.0, sys in 0usize..3) {
+            let system = [PhaseSystem::Single, PhaseSystem::SplitPhase, PhaseSystem::ThreePhase][sys];
+            let g = GridSpec { nominal, frequency: f, system, sample_rate: 12_800.0, load: None };
+            let mut r = RmsFidelity::new(SupplyModel::new(&g, vec![]), &cfg(&g, false), 1);
+            let mut ev = Vec::new();
+            r.advance(0.3, &mut ev);
+            let mut n = 0;
+            for e in &ev {
+                if let MeasureEvent::HalfCycle { t_start, t_end, ms, .. } = *e {
+                    proptest::prop_assert!((ms / (nominal * nominal) - 1.0).abs() < 1e-9);
+                    proptest::prop_assert!((t_end - t_start - 0.5 / f).abs() < 1e-9);
+                    n += 1;
+                }
+            }
+            proptest::prop_assert!(n >= g.channels() * (0.3 * 2.0 * f) as usize - 2 * g.channels());
+        }
     }
 
     #[test]
