@@ -113,6 +113,8 @@ pub struct RmsFidelity {
     /// Half cycles per THD/frequency window (2N).
     window_half_cycles: u64,
     thd: bool,
+    /// Whether any frequency excursion exists (the angle is then not linear in time).
+    has_frequency_changes: bool,
     rng: Pcg64,
 }
 
@@ -121,12 +123,17 @@ impl RmsFidelity {
         let n = cfg.channels.min(model.channels()).max(1);
         let cycles: u64 = if cfg.frequency < 55.0 { 10 } else { 12 };
         let edges = model.edges();
+        let has_frequency_changes = model
+            .disturbances
+            .iter()
+            .any(|d| matches!(d.kind, DisturbanceKind::Frequency { .. }));
         let mut me = RmsFidelity {
             model,
             edges,
             channels: Vec::with_capacity(n),
             window_half_cycles: 2 * cycles,
             thd: cfg.thd,
+            has_frequency_changes,
             rng: Pcg64::seed_from_u64(seed ^ 0x5EED_0FA1_1D0E_5A11),
         };
         for ch in 0..n {
@@ -507,15 +514,44 @@ impl RmsFidelity {
             return vpk * vpk * e2 * carrier;
         }
         // A moving envelope (sine flicker, thermal drift) or moving harmonic magnitudes
-        // correlate with the carrier's half-cycle shape: integrate the (smooth) wave itself.
+        // correlate with the carrier's half-cycle shape: integrate E²·c² numerically.
         let mut max_order = 1;
-        for (h, p) in ph.iter().enumerate() {
+        let mut orders = [(0.0, 0.0, 0.0); 16];
+        let mut n_orders = 0;
+        for (h, p) in ph.iter().enumerate().skip(2) {
             if p.0 != 0.0 || p.1 != 0.0 {
                 max_order = h;
+                if n_orders < orders.len() {
+                    orders[n_orders] = (h as f64, p.0, p.1);
+                }
+                n_orders += 1;
             }
         }
-        let panels = 2 + max_order / 2;
-        gl_mean(t0, t1, panels, |t| m.voltage_at(ch, t).powi(2))
+        if harmonics_move || n_orders > orders.len() || extra > 0.0 {
+            let panels = 2 + max_order / 2;
+            return gl_mean(t0, t1, panels, |t| m.voltage_at(ch, t).powi(2));
+        }
+        // Fixed harmonic set: only the envelope and the angle are evaluated per node (the angle
+        // is linear in t unless the model has frequency excursions).
+        let linear = !self.has_frequency_changes;
+        let base = if k.rem_euclid(2.0) >= 0.5 { PI } else { 0.0 };
+        let span = t1 - t0;
+        let panels = 1 + max_order / 4;
+        let mean = gl_mean(t0, t1, panels, |t| {
+            let theta = if linear {
+                base + PI * (t - t0) / span
+            } else {
+                m.fundamental_angle(ch, t).rem_euclid(TAU)
+            };
+            let mut c = theta.sin();
+            for &(h, re, im) in &orders[..n_orders] {
+                let (sh, chh) = (h * theta).sin_cos();
+                c += re * sh + im * chh;
+            }
+            let e = m.envelope(ch, t);
+            e * e * c * c
+        });
+        vpk * vpk * mean
     }
 
     /// Half-cycle mean square with noise: + σ² and a random term of variance
@@ -1078,6 +1114,78 @@ mod tests {
                 c * c
             });
             proptest::prop_assert!((got - want).abs() < 1e-12, "{} vs {}", got, want);
+        }
+    }
+
+    #[test]
+    fn sine_flicker_half_cycles_match_fine_integration() {
+        let g = grid(50.0);
+        let harm = dist(
+            0.0,
+            PhaseSet::ALL,
+            DisturbanceKind::Harmonics {
+                components: vec![
+                    Harmonic {
+                        order: 2,
+                        magnitude: 0.03,
+                        phase_deg: 40.0,
+                    },
+                    Harmonic {
+                        order: 3,
+                        magnitude: 0.08,
+                        phase_deg: -20.0,
+                    },
+                    Harmonic {
+                        order: 7,
+                        magnitude: 0.05,
+                        phase_deg: 100.0,
+                    },
+                ],
+                end: None,
+                duration: 10.0,
+            },
+        );
+        let flicker = dist(
+            0.013,
+            PhaseSet::ALL,
+            DisturbanceKind::Flicker {
+                depth: 0.1,
+                frequency: 25.0,
+                shape: FlickerShape::Sine,
+                duration: 10.0,
+            },
+        );
+        let freq = dist(
+            0.2,
+            PhaseSet::ALL,
+            DisturbanceKind::Frequency {
+                deviation: 1.0,
+                ramp: 0.1,
+                duration: 0.5,
+                return_to_nominal: true,
+            },
+        );
+        for dists in [
+            vec![harm.clone(), flicker.clone()],
+            vec![harm, flicker, freq],
+        ] {
+            let model = SupplyModel::new(&g, dists);
+            let mut r = RmsFidelity::new(model.clone(), &cfg(&g, false), 1);
+            let mut ev = Vec::new();
+            r.advance(0.6, &mut ev);
+            let mut worst = 0.0_f64;
+            for ch in 0..3 {
+                for (t0, t1, ms) in half_cycles(&ev, ch).into_iter().filter(|h| h.0 > 0.02) {
+                    let n = 4000;
+                    let h = (t1 - t0) / n as f64;
+                    let want = (0..n)
+                        .map(|i| model.voltage_at(ch, t0 + (i as f64 + 0.5) * h).powi(2))
+                        .sum::<f64>()
+                        / n as f64;
+                    worst = worst.max((ms / want - 1.0).abs());
+                }
+            }
+            assert!(worst < 1e-6, "worst {worst}");
         }
     }
 }
