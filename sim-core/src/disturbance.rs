@@ -185,9 +185,9 @@ impl DisturbanceKind {
     /// Nominal length of the disturbance (its window).
     pub fn duration(&self) -> Seconds {
         match self {
-            DisturbanceKind::Sag(v) | DisturbanceKind::Swell(v) | DisturbanceKind::Interruption(v) => {
-                v.duration + v.ramp
-            }
+            DisturbanceKind::Sag(v)
+            | DisturbanceKind::Swell(v)
+            | DisturbanceKind::Interruption(v) => v.duration + v.ramp,
             DisturbanceKind::Harmonics { duration, .. }
             | DisturbanceKind::Interharmonic { duration, .. }
             | DisturbanceKind::Flicker { duration, .. }

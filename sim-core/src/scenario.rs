@@ -30,7 +30,12 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { upper: 252.0, lower: 210.0, hysteresis: 2.0, min_duration: 0.0 }
+        Thresholds {
+            upper: 252.0,
+            lower: 210.0,
+            hysteresis: 2.0,
+            min_duration: 0.0,
+        }
     }
 }
 
@@ -48,7 +53,11 @@ pub struct RbeSpec {
 
 impl Default for RbeSpec {
     fn default() -> Self {
-        RbeSpec { delta: Some(1.0), heartbeat: 60.0, interval: 1.0 }
+        RbeSpec {
+            delta: Some(1.0),
+            heartbeat: 60.0,
+            interval: 1.0,
+        }
     }
 }
 
@@ -65,7 +74,11 @@ pub struct FrontEnd {
 
 impl Default for FrontEnd {
     fn default() -> Self {
-        FrontEnd { gain: [1.0; 3], adc_bits: None, adc_full_scale: 1000.0 }
+        FrontEnd {
+            gain: [1.0; 3],
+            adc_bits: None,
+            adc_full_scale: 1000.0,
+        }
     }
 }
 
@@ -84,7 +97,12 @@ pub struct LinkSpec {
 
 impl Default for LinkSpec {
     fn default() -> Self {
-        LinkSpec { latency: 0.005, jitter: 0.0, loss: 0.0, retry: 1.0 }
+        LinkSpec {
+            latency: 0.005,
+            jitter: 0.0,
+            loss: 0.0,
+            retry: 1.0,
+        }
     }
 }
 
@@ -163,9 +181,14 @@ impl EventCode {
     }
 
     pub fn parse(name: &str) -> Option<EventCode> {
-        [EventCode::UvTrip, EventCode::OvTrip, EventCode::UvClear, EventCode::OvClear]
-            .into_iter()
-            .find(|c| c.name().eq_ignore_ascii_case(name))
+        [
+            EventCode::UvTrip,
+            EventCode::OvTrip,
+            EventCode::UvClear,
+            EventCode::OvClear,
+        ]
+        .into_iter()
+        .find(|c| c.name().eq_ignore_ascii_case(name))
     }
 
     pub fn is_trip(self) -> bool {
@@ -257,14 +280,31 @@ impl PqEventKind {
 pub enum Expectation {
     /// Every meter of `group` raises `code` on `phase` no later than `within` after the onset
     /// of the voltage disturbance that causes it.
-    Trip { code: EventCode, group: usize, phase: Option<Phase>, within: Seconds },
+    Trip {
+        code: EventCode,
+        group: usize,
+        phase: Option<Phase>,
+        within: Seconds,
+    },
     /// No trip (or none with `code`) in `group`.
-    NoTrip { group: usize, code: Option<EventCode> },
+    NoTrip {
+        group: usize,
+        code: Option<EventCode>,
+    },
     /// Onset-to-alarm latency percentiles at the head-end.
-    AlarmLatency { p50: Option<Seconds>, p99: Option<Seconds>, max: Option<Seconds> },
-    NoFlapping { max_trips_per_meter: u32 },
+    AlarmLatency {
+        p50: Option<Seconds>,
+        p99: Option<Seconds>,
+        max: Option<Seconds>,
+    },
+    NoFlapping {
+        max_trips_per_meter: u32,
+    },
     /// End-to-end loss must equal `lost` exactly and be fully explained by ring overflow.
-    Delivered { lost: u64, duplicates: Option<u64> },
+    Delivered {
+        lost: u64,
+        duplicates: Option<u64>,
+    },
     Measurement {
         quantity: Quantity,
         group: usize,
@@ -297,7 +337,12 @@ pub struct PqThresholds {
 
 impl Default for PqThresholds {
     fn default() -> Self {
-        PqThresholds { dip: 90.0, swell: 110.0, interruption: 10.0, hysteresis: 2.0 }
+        PqThresholds {
+            dip: 90.0,
+            swell: 110.0,
+            interruption: 10.0,
+            hysteresis: 2.0,
+        }
     }
 }
 
