@@ -723,6 +723,10 @@ impl Synthesizer {
                 block.current[ch][done..done + take]
                     .copy_from_slice(&self.cache_i[ch][src.clone()]);
             }
+            // A block with current channels but a model without load carries zero current.
+            for cur in block.current.iter_mut().skip(currents) {
+                cur[done..done + take].fill(0.0);
+            }
             done += take;
             self.chunk_pos += take;
         }
@@ -1532,5 +1536,66 @@ pub(crate) mod tests {
             prop_assert_eq!(&whole.voltage, &split.voltage);
             prop_assert_eq!(&whole.current, &split.current);
         }
+    }
+
+    #[test]
+    fn low_sample_rates_match_the_model() {
+        for fs in [1.0, 100.0, 1234.5] {
+            let g = grid(60.0, PhaseSystem::ThreePhase, fs);
+            let model = SupplyModel::new(
+                &g,
+                vec![
+                    dist(
+                        10.3,
+                        PhaseSet::ALL,
+                        DisturbanceKind::Sag(rv(0.7, 20.0, 0.5, 10.0)),
+                    ),
+                    dist(
+                        5.0,
+                        PhaseSet::ALL,
+                        DisturbanceKind::Harmonics {
+                            components: vec![Harmonic {
+                                order: 5,
+                                magnitude: 0.05,
+                                phase_deg: 30.0,
+                            }],
+                            end: None,
+                            duration: 50.0,
+                        },
+                    ),
+                    dist(
+                        40.0,
+                        PhaseSet::ALL,
+                        DisturbanceKind::Frequency {
+                            deviation: 0.4,
+                            ramp: 5.0,
+                            duration: 20.0,
+                            return_to_nominal: true,
+                        },
+                    ),
+                ],
+            );
+            let total = (100.0 * fs) as usize;
+            let out = run(&model, 1, &[97], total);
+            for ch in 0..3 {
+                for k in 0..total {
+                    let t = k as f64 / fs;
+                    let e = (f64::from(out.voltage[ch][k]) - model.voltage_at(ch, t)).abs();
+                    assert!(e < 1e-4 * g.nominal_peak(), "fs {fs} ch {ch} k {k}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn current_is_zero_without_a_load() {
+        let mut g = grid(50.0, PhaseSystem::Single, 12_800.0);
+        g.load = None;
+        let mut syn = Synthesizer::new(SupplyModel::new(&g, vec![]), 0);
+        let mut block = SampleBlock::new(1, 64, 12_800.0, true);
+        block.current[0].fill(9.0);
+        syn.fill(&mut block, 64);
+        assert!(block.current[0].iter().all(|&x| x == 0.0));
+        assert!(block.voltage[0][10] != 0.0);
     }
 }
