@@ -3,6 +3,21 @@
 //!
 //! [`SupplyModel`] is the analytic description (envelope, phase, harmonics, additive terms at
 //! any time t) shared with `rms_model`; [`Synthesizer`] evaluates it fast, block by block.
+//!
+//! Conventions the two share:
+//! - the fundamental's angle is 2π·∫f dt + the phase system's offset + active phase jumps and
+//!   unbalance angles; frequency excursions are system-wide (they ignore `phases`);
+//! - interharmonic, oscillatory-transient and flicker phases count from the disturbance onset;
+//! - notch windows are placed on the affected channel's own fundamental angle, their width
+//!   converted to angle at nominal frequency;
+//! - v = √2·U·E(t)·[sin θ + Σ a_h sin(hθ + φ_h)] + interharmonics + transients, then notches,
+//!   then DC offset, then noise.
+//!
+//! The synthesizer works in chunks of up to 512 samples on a fixed grid of sample indices, split
+//! at every model edge; inside a chunk the fundamental and each harmonic come from phasor
+//! rotations seeded from the exact f64 angle at the chunk start (4 lanes, vectorised), so error
+//! never accumulates and output is bit-identical for any block sizes. Noise draws come from one
+//! Pcg64 stream per channel, derived from the seed.
 
 use std::f64::consts::{SQRT_2, TAU};
 
