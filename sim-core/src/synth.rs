@@ -639,6 +639,59 @@ fn add_sine_block(out: &mut [f64], theta0: f64, delta: f64, a0: f64, da: f64, ad
     }
 }
 
+/// `out[i] (+)= (a0 + i·da)·sin(θ0 + i·δ + ½α·i²)`: a plain rotation when α = 0, otherwise a
+/// chirp whose per-lane step rotates by 16α every 4 samples (θ_{i+4} − θ_i = 4δ + 8α + 4αi).
+#[inline]
+fn carrier_block(
+    out: &mut [f64],
+    theta0: f64,
+    delta: f64,
+    alpha: f64,
+    a0: f64,
+    da: f64,
+    add: bool,
+) {
+    if alpha == 0.0 {
+        add_sine_block(out, theta0, delta, a0, da, add);
+        return;
+    }
+    let mut re = [0.0; 4];
+    let mut im = [0.0; 4];
+    let mut sr = [0.0; 4];
+    let mut si = [0.0; 4];
+    let mut amp = [0.0; 4];
+    for l in 0..4 {
+        let x = l as f64;
+        let (s, c) = (theta0 + delta * x + 0.5 * alpha * x * x).sin_cos();
+        re[l] = c;
+        im[l] = s;
+        let (s, c) = (4.0 * delta + 8.0 * alpha + 4.0 * alpha * x).sin_cos();
+        sr[l] = c;
+        si[l] = s;
+        amp[l] = a0 + x * da;
+    }
+    let (cs, cc) = (16.0 * alpha).sin_cos();
+    let da4 = 4.0 * da;
+    let mut chunks = out.chunks_exact_mut(4);
+    for c in &mut chunks {
+        for l in 0..4 {
+            let x = amp[l] * im[l];
+            c[l] = if add { c[l] + x } else { x };
+            let r = re[l] * sr[l] - im[l] * si[l];
+            im[l] = re[l] * si[l] + im[l] * sr[l];
+            re[l] = r;
+            let r = sr[l] * cc - si[l] * cs;
+            si[l] = sr[l] * cs + si[l] * cc;
+            sr[l] = r;
+            amp[l] += da4;
+        }
+    }
+    for (l, c) in chunks.into_remainder().iter_mut().enumerate() {
+        let x = amp[l] * im[l];
+        *c = if add { *c + x } else { x };
+    }
+}
+
 /// Streams samples of a [`SupplyModel`].
 #[derive(Debug)]
 pub struct Synthesizer {
@@ -777,16 +830,15 @@ impl Synthesizer {
         let t_last = (k1 - 1) as f64 / fs;
         let time = |i: usize| (k0 + i as u64) as f64 / fs;
 
-        // Fundamental angle: linear (phasor recurrence) unless the frequency ramps here.
-        let exact = model.frequency_varies(t0, t_last);
-        let mut base = [0.0_f64; CHUNK];
-        let (base0, delta) = if exact {
-            for (i, b) in base[..m].iter_mut().enumerate() {
-                *b = TAU * frac(model.cycles(time(i)));
-            }
-            (0.0, 0.0)
+        // Fundamental angle θ0 + δ·i + ½α·i²: the frequency is constant, or linear inside a
+        // ramp (ramp corners are chunk edges), so the angle is exactly quadratic in the chunk.
+        let base0 = TAU * frac(model.cycles(t0));
+        let f0 = model.frequency(t0);
+        let delta = TAU * f0 / fs;
+        let alpha = if m > 1 && model.frequency_varies(t0, t_last) {
+            TAU * (model.frequency(t_last) - f0) / (m - 1) as f64 / fs
         } else {
-            (TAU * frac(model.cycles(t0)), TAU * model.frequency(t0) / fs)
+            0.0
         };
         let load = model.grid.load;
         let mut s = [0.0_f64; CHUNK];
@@ -803,25 +855,21 @@ impl Synthesizer {
             model.for_each_harmonic(ch, t0, |h, mag, phi| harm.push((h, mag, phi)));
             let mut j = 0;
             let span = (m - 1).max(1) as f64;
-            if exact {
-                for (i, x) in s[..m].iter_mut().enumerate() {
-                    *x = (base[i] + off).sin();
-                }
-            } else {
-                sine_block(&mut s[..m], theta0, delta);
-            }
+            carrier_block(&mut s[..m], theta0, delta, alpha, 1.0, 0.0, false);
             model.for_each_harmonic(ch, t_last, |h, mag1, phi| {
                 if let Some(&(h0, mag0, _)) = harm.get(j) {
                     debug_assert_eq!(h, h0);
                     let hf = f64::from(h0);
                     let da = if m > 1 { (mag1 - mag0) / span } else { 0.0 };
-                    if exact {
-                        for (i, x) in s[..m].iter_mut().enumerate() {
-                            *x += (mag0 + da * i as f64) * (hf * (base[i] + off) + phi).sin();
-                        }
-                    } else {
-                        add_sine_block(&mut s[..m], hf * theta0 + phi, hf * delta, mag0, da, true);
-                    }
+                    carrier_block(
+                        &mut s[..m],
+                        hf * theta0 + phi,
+                        hf * delta,
+                        hf * alpha,
+                        mag0,
+                        da,
+                        true,
+                    );
                 }
                 j += 1;
             });
@@ -977,11 +1025,8 @@ impl Synthesizer {
                         v += a[i];
                     }
                     if post {
-                        let theta = if exact {
-                            base[i] + off
-                        } else {
-                            theta0 + i as f64 * delta
-                        };
+                        let x = i as f64;
+                        let theta = theta0 + x * delta + 0.5 * alpha * x * x;
                         v = model.notch_and_dc(ch, time(i), theta, v);
                     } else {
                         v += dc;
@@ -997,13 +1042,7 @@ impl Synthesizer {
             // Current: constant impedance, follows the envelope and lags by acos(pf).
             if let (Some(load), Some(cur)) = (load, cache_i.get_mut(ch)) {
                 let phi = load.power_factor.clamp(0.0, 1.0).acos();
-                if exact {
-                    for (i, x) in s[..m].iter_mut().enumerate() {
-                        *x = (base[i] + off - phi).sin();
-                    }
-                } else {
-                    sine_block(&mut s[..m], theta0 - phi, delta);
-                }
+                carrier_block(&mut s[..m], theta0 - phi, delta, alpha, 1.0, 0.0, false);
                 let ipk = SQRT_2 * load.current;
                 for i in 0..m {
                     let gain = if scalar_gain { e0 } else { g[i] };
