@@ -83,6 +83,15 @@ fn cases() -> Vec<(&'static str, Vec<Disturbance>)> {
             })],
         ),
         (
+            "frequency_ramp",
+            vec![always(DisturbanceKind::Frequency {
+                deviation: 1.0,
+                ramp: long,
+                duration: long,
+                return_to_nominal: false,
+            })],
+        ),
+        (
             "thermal_drift",
             vec![always(DisturbanceKind::ThermalDrift(ThermalDrift {
                 conductor: Conductor::Copper,
