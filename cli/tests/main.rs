@@ -127,7 +127,6 @@ fn missing_path_exits_2() {
 }
 
 #[test]
-#[ignore = "needs scenarios::json_schema"]
 fn schema_prints_json() {
     let out = gridloop(&["schema"]);
     assert_code(&out, exit::SUCCESS);
@@ -140,7 +139,6 @@ fn schema_prints_json() {
 }
 
 #[test]
-#[ignore = "needs harness"]
 fn run_passing_fixture_exits_0_and_writes_junit() {
     let dir = scratch("junit");
     let junit = dir.join("results.xml");
@@ -199,7 +197,6 @@ fn run_passing_fixture_exits_0_and_writes_junit() {
 }
 
 #[test]
-#[ignore = "needs harness"]
 fn run_failing_fixture_exits_1_and_says_what_failed() {
     let out = gridloop(&["run", "tests/fixtures/fail/impossible-trip.yaml"]);
     assert_code(&out, exit::EXPECTATION_FAILED);
@@ -219,7 +216,6 @@ fn run_failing_fixture_exits_1_and_says_what_failed() {
 }
 
 #[test]
-#[ignore = "needs harness"]
 fn bad_scenarios_exit_2_with_file_line_column() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bad-scenarios");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&corpus)
@@ -259,7 +255,6 @@ fn bad_scenarios_exit_2_with_file_line_column() {
 }
 
 #[test]
-#[ignore = "needs harness"]
 fn json_is_byte_identical_for_a_seed_and_changes_with_it() {
     let dir = scratch("json");
     let run = |seed: &str, name: &str| {
@@ -306,7 +301,6 @@ fn json_is_byte_identical_for_a_seed_and_changes_with_it() {
 }
 
 #[test]
-#[ignore = "needs scenarios loader"]
 fn filter_matching_nothing_exits_4() {
     let out = gridloop(&["run", "tests/fixtures/pass", "--filter", "no-such-tag"]);
     assert_code(&out, exit::NOTHING_RAN);
@@ -320,7 +314,6 @@ fn filter_matching_nothing_exits_4() {
 }
 
 #[test]
-#[ignore = "needs scenarios loader"]
 fn validate_and_list_fixtures() {
     let out = gridloop(&["validate", "tests/fixtures"]);
     assert_code(&out, exit::SUCCESS);
@@ -360,7 +353,6 @@ fn validate_and_list_fixtures() {
 }
 
 #[test]
-#[ignore = "needs scenarios loader"]
 fn unwritable_report_file_exits_3_before_running() {
     let out = gridloop(&[
         "run",

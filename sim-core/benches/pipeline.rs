@@ -101,7 +101,13 @@ fn pipeline(c: &mut Criterion) {
                 out.clear();
                 rms.advance(t, &mut front);
                 for ev in &front {
-                    if let MeasureEvent::HalfCycle { ch, t_start, t_end, ms } = *ev {
+                    if let MeasureEvent::HalfCycle {
+                        ch,
+                        t_start,
+                        t_end,
+                        ms,
+                    } = *ev
+                    {
                         agg.push_half_cycle(ch, t_start, t_end, ms, &mut out);
                     }
                 }

@@ -32,15 +32,32 @@ fn group_name(scenario: &Scenario, g: usize) -> &str {
     scenario.groups.get(g).map_or("?", |x| x.name.as_str())
 }
 
-fn verdict(kind: &'static str, label: String, passed: bool, expected: String, measured: String) -> ExpectationOutcome {
-    ExpectationOutcome { index: 0, kind, label, passed, expected, measured, detail: None }
+fn verdict(
+    kind: &'static str,
+    label: String,
+    passed: bool,
+    expected: String,
+    measured: String,
+) -> ExpectationOutcome {
+    ExpectationOutcome {
+        index: 0,
+        kind,
+        label,
+        passed,
+        expected,
+        measured,
+        detail: None,
+    }
 }
 
 fn judge(scenario: &Scenario, obs: &Observations, e: &Expectation) -> ExpectationOutcome {
     match e {
-        Expectation::Trip { code, group, phase, within } => {
-            judge_trip(scenario, obs, *code, *group, *phase, *within)
-        }
+        Expectation::Trip {
+            code,
+            group,
+            phase,
+            within,
+        } => judge_trip(scenario, obs, *code, *group, *phase, *within),
         Expectation::NoTrip { group, code } => {
             let name = group_name(scenario, *group);
             let label = match code {
@@ -70,7 +87,13 @@ fn judge(scenario: &Scenario, obs: &Observations, e: &Expectation) -> Expectatio
                     }
                 }
             }
-            let mut v = verdict("no_trip", label, count == 0, "0 trips".into(), format!("{count} trips"));
+            let mut v = verdict(
+                "no_trip",
+                label,
+                count == 0,
+                "0 trips".into(),
+                format!("{count} trips"),
+            );
             if count > 0 {
                 v.detail = Some(offenders.join("\n"));
             }
@@ -82,7 +105,11 @@ fn judge(scenario: &Scenario, obs: &Observations, e: &Expectation) -> Expectatio
             let mut expected = Vec::new();
             let mut measured = Vec::new();
             let mut passed = s.count > 0;
-            for (name, limit, value) in [("p50", p50, s.p50), ("p99", p99, s.p99), ("max", max, s.max)] {
+            for (name, limit, value) in [
+                ("p50", p50, s.p50),
+                ("p99", p99, s.p99),
+                ("max", max, s.max),
+            ] {
                 if let Some(limit) = limit {
                     expected.push(format!("{name} ≤ {}", ms(*limit)));
                     measured.push(format!("{name} {}", ms(value)));
@@ -94,9 +121,17 @@ fn judge(scenario: &Scenario, obs: &Observations, e: &Expectation) -> Expectatio
             } else {
                 format!("{} over {} alarms", measured.join(", "), s.count)
             };
-            verdict("alarm_latency", "onset-to-alarm latency at the head-end".into(), passed, expected.join(", "), measured)
+            verdict(
+                "alarm_latency",
+                "onset-to-alarm latency at the head-end".into(),
+                passed,
+                expected.join(", "),
+                measured,
+            )
         }
-        Expectation::NoFlapping { max_trips_per_meter } => {
+        Expectation::NoFlapping {
+            max_trips_per_meter,
+        } => {
             let mut worst = (0_u64, None);
             for m in &obs.meters {
                 let trips = m.events.iter().filter(|(_, ev)| ev.code.is_trip()).count() as u64;
@@ -124,7 +159,8 @@ fn judge(scenario: &Scenario, obs: &Observations, e: &Expectation) -> Expectatio
         Expectation::Delivered { lost, duplicates } => {
             let s = &obs.stats;
             let measured_lost = s.produced.saturating_sub(s.delivered + s.buffered_at_end);
-            let mut passed = measured_lost == *lost && s.unexplained_loss == 0 && measured_lost == s.overflowed;
+            let mut passed =
+                measured_lost == *lost && s.unexplained_loss == 0 && measured_lost == s.overflowed;
             let mut expected = format!("lost = {lost} (ring overflow only)");
             let mut measured = format!(
                 "lost {measured_lost} of {} (ring overflow {}, unexplained {}), {} buffered at end",
@@ -135,14 +171,43 @@ fn judge(scenario: &Scenario, obs: &Observations, e: &Expectation) -> Expectatio
                 expected.push_str(&format!(", duplicates = {d}"));
                 measured.push_str(&format!(", {} duplicates", s.duplicates));
             }
-            verdict("delivered", "end-to-end delivery".into(), passed, expected, measured)
+            verdict(
+                "delivered",
+                "end-to-end delivery".into(),
+                passed,
+                expected,
+                measured,
+            )
         }
-        Expectation::Measurement { quantity, group, phase, at, expected, tolerance } => {
-            judge_measurement(scenario, obs, *quantity, *group, *phase, *at, *expected, *tolerance)
-        }
-        Expectation::PqEvent { kind, group, phase, residual, residual_tolerance, duration, duration_tolerance } => {
-            judge_pq(scenario, obs, *kind, *group, *phase, *residual, *residual_tolerance, *duration, *duration_tolerance)
-        }
+        Expectation::Measurement {
+            quantity,
+            group,
+            phase,
+            at,
+            expected,
+            tolerance,
+        } => judge_measurement(
+            scenario, obs, *quantity, *group, *phase, *at, *expected, *tolerance,
+        ),
+        Expectation::PqEvent {
+            kind,
+            group,
+            phase,
+            residual,
+            residual_tolerance,
+            duration,
+            duration_tolerance,
+        } => judge_pq(
+            scenario,
+            obs,
+            *kind,
+            *group,
+            *phase,
+            *residual,
+            *residual_tolerance,
+            *duration,
+            *duration_tolerance,
+        ),
     }
 }
 
@@ -175,7 +240,8 @@ fn judge_trip(
         match first {
             None => missing.push(m.index),
             Some((t, ev)) => {
-                let os = onsets[ev.phase.index()].get_or_insert_with(|| voltage_onsets(scenario, group, ev.phase));
+                let os = onsets[ev.phase.index()]
+                    .get_or_insert_with(|| voltage_onsets(scenario, group, ev.phase));
                 let delay = t - attribute_onset(os, *t);
                 if worst.is_none_or(|(w, _)| delay > w) {
                     worst = Some((delay, m.index));
@@ -192,13 +258,26 @@ fn judge_trip(
         None => "no trip".to_string(),
     };
     if !missing.is_empty() {
-        measured.push_str(&format!(", {} of {meters} meters never tripped", missing.len()));
+        measured.push_str(&format!(
+            ", {} of {meters} meters never tripped",
+            missing.len()
+        ));
     }
-    let mut v = verdict("trip", label, passed, format!("every meter ≤ {}", ms(within)), measured);
+    let mut v = verdict(
+        "trip",
+        label,
+        passed,
+        format!("every meter ≤ {}", ms(within)),
+        measured,
+    );
     if !passed {
         let mut detail: Vec<String> = late.into_iter().take(DETAIL_MAX).collect();
         if !missing.is_empty() {
-            let shown: Vec<String> = missing.iter().take(DETAIL_MAX).map(|i| format!("{name}/{i}")).collect();
+            let shown: Vec<String> = missing
+                .iter()
+                .take(DETAIL_MAX)
+                .map(|i| format!("{name}/{i}"))
+                .collect();
             detail.push(format!("never tripped: {}", shown.join(", ")));
         }
         if meters == 0 {
@@ -233,7 +312,8 @@ fn judge_measurement(
     };
     let expected_text = format!("{expected} {unit} {tol}");
     let found = obs.probes.get(group).and_then(|ps| {
-        ps.iter().find(|p| p.quantity == quantity && p.ch == phase.index() && p.at == at)
+        ps.iter()
+            .find(|p| p.quantity == quantity && p.ch == phase.index() && p.at == at)
     });
     match found.and_then(|p| p.value) {
         Some((value, t0, t1)) => {
@@ -283,7 +363,11 @@ fn judge_pq(
         Tolerance::Absolute(a) => format!("± {:.2} % Udin", a * 100.0),
         Tolerance::Percent(p) => format!("± {p} %"),
     };
-    let what = if kind == PqEventKind::Swell { "magnitude" } else { "residual" };
+    let what = if kind == PqEventKind::Swell {
+        "magnitude"
+    } else {
+        "residual"
+    };
     let expected = format!(
         "{what} {:.2} % Udin {tol}, duration {} ± {}",
         residual * 100.0,
@@ -293,7 +377,11 @@ fn judge_pq(
     let candidates: Vec<_> = obs
         .pq_events
         .get(group)
-        .map(|es| es.iter().filter(|e| e.kind == kind && e.phase == phase).collect())
+        .map(|es| {
+            es.iter()
+                .filter(|e| e.kind == kind && e.phase == phase)
+                .collect()
+        })
         .unwrap_or_default();
     let judge_one = |e: &crate::measure::PqEvent| {
         let pu = e.extreme / udin;
@@ -301,7 +389,10 @@ fn judge_pq(
             && (e.duration() - duration).abs() <= duration_tolerance + 1e-9
     };
     // The event that matches best: a passing one if any, else the first.
-    let chosen = candidates.iter().find(|e| judge_one(e)).or(candidates.first());
+    let chosen = candidates
+        .iter()
+        .find(|e| judge_one(e))
+        .or(candidates.first());
     match chosen {
         Some(e) => {
             let passed = judge_one(e);
@@ -327,6 +418,12 @@ fn judge_pq(
             }
             v
         }
-        None => verdict("event", label, false, expected, format!("no {} detected", kind.name())),
+        None => verdict(
+            "event",
+            label,
+            false,
+            expected,
+            format!("no {} detected", kind.name()),
+        ),
     }
 }

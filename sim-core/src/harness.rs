@@ -108,9 +108,13 @@ pub fn run(scenario: &Scenario, file: &str) -> ScenarioOutcome {
 /// (power-on) counts as an onset at 0.
 pub fn voltage_onsets(scenario: &Scenario, group: usize, phase: Phase) -> Vec<Seconds> {
     let mut onsets: Vec<Seconds> = std::iter::once(0.0)
-        .chain(resolved_disturbances(scenario, group).iter().filter_map(|d| {
-            (d.kind.is_voltage_onset() && d.phases.contains(phase)).then_some(d.at)
-        }))
+        .chain(
+            resolved_disturbances(scenario, group)
+                .iter()
+                .filter_map(|d| {
+                    (d.kind.is_voltage_onset() && d.phases.contains(phase)).then_some(d.at)
+                }),
+        )
         .collect();
     onsets.sort_by(f64::total_cmp);
     onsets
@@ -127,8 +131,12 @@ pub fn attribute_onset(onsets: &[Seconds], t: Seconds) -> Seconds {
 }
 
 fn resolved_disturbances(scenario: &Scenario, group: usize) -> Vec<Disturbance> {
-    let mut ds: Vec<Disturbance> =
-        scenario.disturbances.iter().filter(|d| d.applies_to_group(group)).cloned().collect();
+    let mut ds: Vec<Disturbance> = scenario
+        .disturbances
+        .iter()
+        .filter(|d| d.applies_to_group(group))
+        .cloned()
+        .collect();
     resolve_point_on_wave(&scenario.grid, &mut ds);
     ds
 }
@@ -166,22 +174,31 @@ pub fn simulate(scenario: &Scenario) -> Observations {
     let group_models: Vec<SupplyModel> = (0..scenario.groups.len())
         .map(|g| SupplyModel::new(&scenario.grid, resolved_disturbances(scenario, g)))
         .collect();
-    let probe_requests: Vec<Vec<Probe>> =
-        (0..scenario.groups.len()).map(|g| probe_requests(scenario, g)).collect();
+    let probe_requests: Vec<Vec<Probe>> = (0..scenario.groups.len())
+        .map(|g| probe_requests(scenario, g))
+        .collect();
 
     let runs: Vec<MeterRun> = jobs
         .par_iter()
         .map(|&(g, index, id)| {
-            let probes = if index == 0 { probe_requests[g].clone() } else { Vec::new() };
+            let probes = if index == 0 {
+                probe_requests[g].clone()
+            } else {
+                Vec::new()
+            };
             simulate_meter(scenario, g, index, id, group_models[g].clone(), probes)
         })
         .collect();
 
     // Head-end: every delivery of every meter, in delivery order.
-    let mut deliveries: Vec<(Seconds, &Message)> =
-        runs.iter().flat_map(|r| r.deliveries.iter().map(|(t, m)| (*t, m))).collect();
+    let mut deliveries: Vec<(Seconds, &Message)> = runs
+        .iter()
+        .flat_map(|r| r.deliveries.iter().map(|(t, m)| (*t, m)))
+        .collect();
     deliveries.sort_by(|a, b| {
-        a.0.total_cmp(&b.0).then(a.1.meter.cmp(&b.1.meter)).then(a.1.seq.cmp(&b.1.seq))
+        a.0.total_cmp(&b.0)
+            .then(a.1.meter.cmp(&b.1.meter))
+            .then(a.1.seq.cmp(&b.1.seq))
     });
     let mut head_end = HeadEnd::new(scenario.head_end);
     let mut next_stale_check = 1.0;
@@ -207,11 +224,18 @@ pub fn simulate(scenario: &Scenario) -> Observations {
             let onsets = onset_cache[group][phase.index()]
                 .get_or_insert_with(|| voltage_onsets(scenario, group, phase));
             let onset = attribute_onset(onsets, alarm.source_time);
-            trip_alarms.push(AlarmRecord { alarm: alarm.clone(), group, onset });
+            trip_alarms.push(AlarmRecord {
+                alarm: alarm.clone(),
+                group,
+                onset,
+            });
         }
     }
 
-    let mut stats = RunStats { meters: runs.len() as u64, ..RunStats::default() };
+    let mut stats = RunStats {
+        meters: runs.len() as u64,
+        ..RunStats::default()
+    };
     let mut meters = Vec::with_capacity(runs.len());
     let mut probes = vec![Vec::new(); scenario.groups.len()];
     let mut pq_events = vec![Vec::new(); scenario.groups.len()];
@@ -244,7 +268,14 @@ pub fn simulate(scenario: &Scenario) -> Observations {
     stats.alarm_latency = latency_summary(&latencies);
 
     let timeline = timeline(scenario, &meters, &trip_alarms);
-    Observations { meters, probes, pq_events, trip_alarms, stats, timeline }
+    Observations {
+        meters,
+        probes,
+        pq_events,
+        trip_alarms,
+        stats,
+        timeline,
+    }
 }
 
 /// p50 / p99 / max by the nearest-rank method.
@@ -273,9 +304,18 @@ fn probe_requests(scenario: &Scenario, group: usize) -> Vec<Probe> {
         .expectations
         .iter()
         .filter_map(|e| match e {
-            Expectation::Measurement { quantity, group: g, phase, at, .. } if *g == group => {
-                Some(Probe { quantity: *quantity, ch: phase.index(), at: *at, value: None })
-            }
+            Expectation::Measurement {
+                quantity,
+                group: g,
+                phase,
+                at,
+                ..
+            } if *g == group => Some(Probe {
+                quantity: *quantity,
+                ch: phase.index(),
+                at: *at,
+                value: None,
+            }),
             _ => None,
         })
         .collect()
@@ -316,14 +356,22 @@ fn simulate_meter(
         rbe: group.rbe,
         buffer_capacity: group.buffer_capacity,
     });
-    let windows = scenario.network.iter().filter(|n| n.groups.is_empty() || n.groups.contains(&g));
-    let mut link = Link::new(group.link, windows.cloned().collect(), derive_seed(scenario.seed, id, 2));
+    let windows = scenario
+        .network
+        .iter()
+        .filter(|n| n.groups.is_empty() || n.groups.contains(&g));
+    let mut link = Link::new(
+        group.link,
+        windows.cloned().collect(),
+        derive_seed(scenario.seed, id, 2),
+    );
     let mut out = MeterSink {
         deliveries: Vec::new(),
         pq_events: Vec::new(),
         scratch: Vec::new(),
         half_cycles: 0,
         keep_pq: index == 0,
+        last_t: 0.0,
     };
     let end = scenario.duration;
     let mut samples = 0_u64;
@@ -363,9 +411,20 @@ fn simulate_meter(
                 rms.advance(until, &mut front);
                 events.clear();
                 for ev in front.drain(..) {
-                    if let MeasureEvent::HalfCycle { ch, t_start, t_end, ms } = ev {
+                    if let MeasureEvent::HalfCycle {
+                        ch,
+                        t_start,
+                        t_end,
+                        ms,
+                    } = ev
+                    {
                         let ms = meter::front_end_ms(&group.front_end, ch, ms);
-                        events.push(MeasureEvent::HalfCycle { ch, t_start, t_end, ms });
+                        events.push(MeasureEvent::HalfCycle {
+                            ch,
+                            t_start,
+                            t_end,
+                            ms,
+                        });
                         aggregator.push_half_cycle(ch, t_start, t_end, ms, &mut events);
                     } else {
                         events.push(ev);
@@ -409,6 +468,8 @@ struct MeterSink {
     scratch: Vec<Seconds>,
     half_cycles: u64,
     keep_pq: bool,
+    /// Time of the last event handled.
+    last_t: Seconds,
 }
 
 impl MeterSink {
@@ -422,6 +483,16 @@ impl MeterSink {
         // Channels interleave within a block; the meter needs one time order.
         events.sort_by(|a, b| a.time().total_cmp(&b.time()));
         for ev in events.iter() {
+            let t = ev.time();
+            // The link came back since the previous event: drain the ring at that instant, before
+            // the meter takes the readings due from then on (a reading due exactly at recovery
+            // goes into an emptied ring, not into a full one).
+            let up_at = link.next_up(self.last_t);
+            if up_at > self.last_t && up_at <= t {
+                meter.advance(up_at - 1e-6);
+                self.flush(up_at, meter, link);
+            }
+            self.last_t = t;
             match ev {
                 MeasureEvent::HalfCycle { .. } => self.half_cycles += 1,
                 MeasureEvent::Pq(pq) if self.keep_pq => self.pq_events.push(pq.clone()),
@@ -459,18 +530,67 @@ impl Probe {
         if self.value.is_some() && self.quantity != Quantity::UrmsHalfCycle {
             return;
         }
-        let hit = |ch: usize, t0: Seconds, t1: Seconds| ch == self.ch && t0 <= self.at && self.at < t1;
+        let hit =
+            |ch: usize, t0: Seconds, t1: Seconds| ch == self.ch && t0 <= self.at && self.at < t1;
         let v = match (self.quantity, ev) {
-            (Quantity::Rms10Cycle, MeasureEvent::Rms10 { ch, t_start, t_end, value, .. })
-            | (Quantity::Rms150Cycle, MeasureEvent::Rms150 { ch, t_start, t_end, value, .. })
-            | (Quantity::UrmsHalfCycle, MeasureEvent::UrmsHalf { ch, t_start, t_end, value })
-            | (Quantity::Thd, MeasureEvent::Thd { ch, t_start, t_end, percent: value })
-            | (Quantity::ActivePower, MeasureEvent::Power { ch, t_start, t_end, watts: value, .. }) => {
-                hit(*ch, *t_start, *t_end).then_some((*value, *t_start, *t_end))
-            }
-            (Quantity::Energy, MeasureEvent::Power { ch, t_start, t_end, energy_wh, .. }) => {
-                (*ch == self.ch && self.at < *t_end).then_some((*energy_wh, *t_start, *t_end))
-            }
+            (
+                Quantity::Rms10Cycle,
+                MeasureEvent::Rms10 {
+                    ch,
+                    t_start,
+                    t_end,
+                    value,
+                    ..
+                },
+            )
+            | (
+                Quantity::Rms150Cycle,
+                MeasureEvent::Rms150 {
+                    ch,
+                    t_start,
+                    t_end,
+                    value,
+                    ..
+                },
+            )
+            | (
+                Quantity::UrmsHalfCycle,
+                MeasureEvent::UrmsHalf {
+                    ch,
+                    t_start,
+                    t_end,
+                    value,
+                },
+            )
+            | (
+                Quantity::Thd,
+                MeasureEvent::Thd {
+                    ch,
+                    t_start,
+                    t_end,
+                    percent: value,
+                },
+            )
+            | (
+                Quantity::ActivePower,
+                MeasureEvent::Power {
+                    ch,
+                    t_start,
+                    t_end,
+                    watts: value,
+                    ..
+                },
+            ) => hit(*ch, *t_start, *t_end).then_some((*value, *t_start, *t_end)),
+            (
+                Quantity::Energy,
+                MeasureEvent::Power {
+                    ch,
+                    t_start,
+                    t_end,
+                    energy_wh,
+                    ..
+                },
+            ) => (*ch == self.ch && self.at < *t_end).then_some((*energy_wh, *t_start, *t_end)),
             (Quantity::Frequency, MeasureEvent::Frequency { t_start, t_end, hz }) => {
                 (*t_start <= self.at && self.at < *t_end).then_some((*hz, *t_start, *t_end))
             }
@@ -522,7 +642,11 @@ fn timeline(
         };
         entries.push(TimelineEntry {
             at: n.at,
-            what: format!("{kind} on {} for {:.3} s", group_names(&n.groups), n.duration),
+            what: format!(
+                "{kind} on {} for {:.3} s",
+                group_names(&n.groups),
+                n.duration
+            ),
         });
     }
     // First trip of each (group, code, phase) at any meter, and the first alarm for it.
@@ -561,7 +685,10 @@ fn timeline(
     for (g, t, meter) in first_alarm {
         entries.push(TimelineEntry {
             at: t,
-            what: format!("first trip alarm at the head-end for {} (meter #{meter})", scenario.groups[g].name),
+            what: format!(
+                "first trip alarm at the head-end for {} (meter #{meter})",
+                scenario.groups[g].name
+            ),
         });
     }
     entries.sort_by(|a, b| a.at.total_cmp(&b.at).then_with(|| a.what.cmp(&b.what)));

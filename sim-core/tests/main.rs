@@ -53,7 +53,12 @@ fn sag(at: f64, phases: &[Phase], level: f64, duration: f64) -> Disturbance {
         point_on_wave_deg: Some(90.0),
         phases: PhaseSet::of(phases),
         groups: vec![],
-        kind: DisturbanceKind::Sag(RmsVariation { level, duration, ramp: 0.0, phase_jump_deg: 0.0 }),
+        kind: DisturbanceKind::Sag(RmsVariation {
+            level,
+            duration,
+            ramp: 0.0,
+            phase_jump_deg: 0.0,
+        }),
     }
 }
 
@@ -62,7 +67,11 @@ fn trips(obs: &harness::Observations) -> Vec<(usize, u32, EventCode, Phase, f64)
     let mut v: Vec<_> = obs
         .meters
         .iter()
-        .flat_map(|m| m.events.iter().map(move |(t, e)| (m.group, m.index, e.code, e.phase, *t)))
+        .flat_map(|m| {
+            m.events
+                .iter()
+                .map(move |(t, e)| (m.group, m.index, e.code, e.phase, *t))
+        })
         .collect();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v
@@ -71,7 +80,10 @@ fn trips(obs: &harness::Observations) -> Vec<(usize, u32, EventCode, Phase, f64)
 #[test]
 fn same_seed_same_observations() {
     let mut s = scenario(
-        vec![group("a", 3, Fidelity::Waveform), group("b", 5, Fidelity::Rms)],
+        vec![
+            group("a", 3, Fidelity::Waveform),
+            group("b", 5, Fidelity::Rms),
+        ],
         vec![sag(1.0, &[Phase::L1], 0.7, 0.2)],
         2.0,
     );
@@ -80,15 +92,26 @@ fn same_seed_same_observations() {
         point_on_wave_deg: None,
         phases: PhaseSet::ALL,
         groups: vec![],
-        kind: DisturbanceKind::Noise { rms: 0.01, duration: 2.0 },
+        kind: DisturbanceKind::Noise {
+            rms: 0.01,
+            duration: 2.0,
+        },
     });
-    s.groups[1].link = LinkSpec { latency: 0.02, jitter: 0.01, loss: 0.2, retry: 0.3 };
+    s.groups[1].link = LinkSpec {
+        latency: 0.02,
+        jitter: 0.01,
+        loss: 0.2,
+        retry: 0.3,
+    };
     let a = simulate(&s);
     let b = simulate(&s);
     assert_eq!(a, b);
     s.seed = 2;
     let c = simulate(&s);
-    assert_ne!(a.stats.alarm_latency, c.stats.alarm_latency, "jitter and loss follow the seed");
+    assert_ne!(
+        a.stats.alarm_latency, c.stats.alarm_latency,
+        "jitter and loss follow the seed"
+    );
 }
 
 #[test]
@@ -113,33 +136,59 @@ fn both_fidelities_agree_on_trips() {
         assert_eq!(w.len(), r.len(), "level {level}: {w:?} vs {r:?}");
         for (a, b) in w.iter().zip(&r) {
             assert_eq!((a.0, a.1, a.2, a.3), (b.0, b.1, b.2, b.3));
-            assert!((a.4 - b.4).abs() < 1.0 / 120.0 + 1e-3, "level {level}: {a:?} vs {b:?}");
+            assert!(
+                (a.4 - b.4).abs() < 1.0 / 120.0 + 1e-3,
+                "level {level}: {a:?} vs {b:?}"
+            );
         }
     }
 }
 
 #[test]
 fn sag_trips_within_one_cycle_and_clears() {
-    let s = scenario(vec![group("g", 1, Fidelity::Waveform)], vec![sag(1.0, &[Phase::L1], 0.75, 0.2)], 2.0);
+    let s = scenario(
+        vec![group("g", 1, Fidelity::Waveform)],
+        vec![sag(1.0, &[Phase::L1], 0.75, 0.2)],
+        2.0,
+    );
     let t = trips(&simulate(&s));
     assert_eq!(t.len(), 2, "{t:?}");
     assert_eq!(t[0].2, EventCode::UvTrip);
     assert_eq!(t[0].3, Phase::L1);
+    // point_on_wave 90 moves the onset from 1.0 s (a zero crossing) to the next peak.
+    let onset = 1.0 + 0.25 / 60.0;
     // At the positive peak the first full-cycle window below 210 V ends 3/4 cycle after onset.
-    let delay = t[0].4 - 1.0;
+    let delay = t[0].4 - onset;
     assert!((delay - 0.75 / 60.0).abs() < 2e-4, "trip delay {delay}");
+    // Recovery at a peak too: the first window at or above 212 V ends 3/4 cycle after it.
     assert_eq!(t[1].2, EventCode::UvClear);
-    assert!(t[1].4 > 1.2 && t[1].4 < 1.2 + 1.0 / 60.0, "clear at {}", t[1].4);
+    let clear = t[1].4 - (onset + 0.2);
+    assert!(
+        (clear - 0.75 / 60.0).abs() < 2e-4,
+        "clear {clear} after recovery"
+    );
 }
 
 #[test]
 fn ring_overflow_is_counted_exactly() {
     let mut g = group("g", 2, Fidelity::Rms);
-    g.rbe = RbeSpec { delta: None, heartbeat: 60.0, interval: 0.1 };
+    g.rbe = RbeSpec {
+        delta: None,
+        heartbeat: 60.0,
+        interval: 0.1,
+    };
     g.buffer_capacity = 7;
     let mut s = scenario(vec![g], vec![], 12.0);
-    s.network.push(NetworkEvent { at: 2.0, duration: 5.0, groups: vec![], kind: NetworkEventKind::RfLoss });
-    s.expectations.push(Expectation::Delivered { lost: 2 * (50 - 7), duplicates: Some(0) });
+    s.network.push(NetworkEvent {
+        at: 2.0,
+        duration: 5.0,
+        groups: vec![],
+        kind: NetworkEventKind::RfLoss,
+    });
+    s.expectations.push(Expectation::Delivered {
+        lost: 2 * (50 - 7),
+        duplicates: Some(0),
+    });
     let out = harness::run(&s, "test");
     // Readings every 100 ms from 2.0 s to 6.9 s: 50 per meter, 7 survive in the ring.
     assert_eq!(out.stats.overflowed, 2 * 43, "{:?}", out.stats);
@@ -150,10 +199,22 @@ fn ring_overflow_is_counted_exactly() {
 #[test]
 fn outage_past_the_end_is_buffered_not_lost() {
     let mut g = group("g", 1, Fidelity::Rms);
-    g.rbe = RbeSpec { delta: None, heartbeat: 60.0, interval: 0.5 };
+    g.rbe = RbeSpec {
+        delta: None,
+        heartbeat: 60.0,
+        interval: 0.5,
+    };
     let mut s = scenario(vec![g], vec![], 6.0);
-    s.network.push(NetworkEvent { at: 4.0, duration: 10.0, groups: vec![], kind: NetworkEventKind::RfLoss });
-    s.expectations.push(Expectation::Delivered { lost: 0, duplicates: None });
+    s.network.push(NetworkEvent {
+        at: 4.0,
+        duration: 10.0,
+        groups: vec![],
+        kind: NetworkEventKind::RfLoss,
+    });
+    s.expectations.push(Expectation::Delivered {
+        lost: 0,
+        duplicates: None,
+    });
     let out = harness::run(&s, "test");
     assert!(out.stats.buffered_at_end >= 4, "{:?}", out.stats);
     assert!(out.passed(), "{:?}", out.expectations);
@@ -161,31 +222,65 @@ fn outage_past_the_end_is_buffered_not_lost() {
 
 #[test]
 fn an_impossible_expectation_fails_with_numbers() {
-    let mut s = scenario(vec![group("g", 2, Fidelity::Waveform)], vec![sag(1.0, &[Phase::L1], 0.7, 0.2)], 2.0);
+    let mut s = scenario(
+        vec![group("g", 2, Fidelity::Waveform)],
+        vec![sag(1.0, &[Phase::L1], 0.7, 0.2)],
+        2.0,
+    );
     s.expectations = vec![
-        Expectation::Trip { code: EventCode::UvTrip, group: 0, phase: Some(Phase::L1), within: 0.001 },
-        Expectation::NoTrip { group: 0, code: None },
-        Expectation::Trip { code: EventCode::OvTrip, group: 0, phase: None, within: 1.0 },
+        Expectation::Trip {
+            code: EventCode::UvTrip,
+            group: 0,
+            phase: Some(Phase::L1),
+            within: 0.001,
+        },
+        Expectation::NoTrip {
+            group: 0,
+            code: None,
+        },
+        Expectation::Trip {
+            code: EventCode::OvTrip,
+            group: 0,
+            phase: None,
+            within: 1.0,
+        },
     ];
     let out = harness::run(&s, "test");
     assert_eq!(out.failed_count(), 3, "{:#?}", out.expectations);
     let first = &out.expectations[0];
     assert!(first.expected.contains("1.0 ms"), "{first:?}");
     assert!(first.measured.contains("ms"), "{first:?}");
-    assert!(out.expectations[2].measured.contains("never tripped"), "{:?}", out.expectations[2]);
+    assert!(
+        out.expectations[2].measured.contains("never tripped"),
+        "{:?}",
+        out.expectations[2]
+    );
 }
 
 #[test]
 fn alarm_latency_is_onset_to_head_end() {
     let mut g = group("g", 20, Fidelity::Rms);
-    g.link = LinkSpec { latency: 0.02, jitter: 0.0, loss: 0.0, retry: 1.0 };
+    g.link = LinkSpec {
+        latency: 0.02,
+        jitter: 0.0,
+        loss: 0.0,
+        retry: 1.0,
+    };
     let mut s = scenario(vec![g], vec![sag(1.0, &[Phase::L1], 0.5, 0.1)], 2.0);
-    s.expectations.push(Expectation::AlarmLatency { p50: None, p99: Some(0.05), max: None });
+    s.expectations.push(Expectation::AlarmLatency {
+        p50: None,
+        p99: Some(0.05),
+        max: None,
+    });
     let out = harness::run(&s, "test");
     assert_eq!(out.stats.alarm_latency.count, 20);
     // Onset at the peak: the window ending 1/4 cycle later still reads 0.90 pu (216 V), the one
     // ending 3/4 cycle after onset reads 0.66 pu, so the trip is at +12.5 ms, the alarm 20 ms later.
     let expected = 0.75 / 60.0 + 0.02;
-    assert!((out.stats.alarm_latency.max - expected).abs() < 2e-4, "{:?}", out.stats.alarm_latency);
+    assert!(
+        (out.stats.alarm_latency.max - expected).abs() < 2e-4,
+        "{:?}",
+        out.stats.alarm_latency
+    );
     assert!(out.passed());
 }
