@@ -3,7 +3,7 @@
 //! sample counts), and of the `rms` fidelity in meter-seconds per second.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sim_core::disturbance::{Disturbance, DisturbanceKind, RmsVariation};
+use sim_core::disturbance::{Disturbance, DisturbanceKind, Harmonic, RmsVariation};
 use sim_core::grid::{GridSpec, PhaseSet, PhaseSystem};
 use sim_core::measure::{Aggregator, MeasureConfig, MeasureEvent, Measurement};
 use sim_core::rms_model::RmsFidelity;
@@ -52,6 +52,60 @@ fn sags() -> Vec<Disturbance> {
         .collect()
 }
 
+/// The workload of `shared/peers/waveform/numpy_pipeline.py`, for a side-by-side ratio: 230 V
+/// 50 Hz 12.8 kHz, 3rd/5th/7th/11th/13th at 5/4/3/2/1.5 %, a 0.5 pu 100 ms sag, Gaussian noise of
+/// 0.5 V, with THD per 10-cycle window.
+fn numpy_peer_workload() -> (GridSpec, Vec<Disturbance>) {
+    let g = GridSpec {
+        nominal: 230.0,
+        frequency: 50.0,
+        ..grid()
+    };
+    let all = PhaseSet::ALL;
+    let harmonics = [(3, 0.05), (5, 0.04), (7, 0.03), (11, 0.02), (13, 0.015)]
+        .into_iter()
+        .map(|(order, magnitude)| Harmonic {
+            order,
+            magnitude,
+            phase_deg: 0.0,
+        })
+        .collect();
+    let d = |at: f64, kind| Disturbance {
+        at,
+        point_on_wave_deg: None,
+        phases: all,
+        groups: vec![],
+        kind,
+    };
+    let ds = vec![
+        d(
+            0.0,
+            DisturbanceKind::Harmonics {
+                components: harmonics,
+                end: None,
+                duration: SECONDS,
+            },
+        ),
+        d(
+            0.0,
+            DisturbanceKind::Noise {
+                rms: 0.5 / 230.0,
+                duration: SECONDS,
+            },
+        ),
+        d(
+            4.0,
+            DisturbanceKind::Sag(RmsVariation {
+                level: 0.5,
+                duration: 0.1,
+                ramp: 0.0,
+                phase_jump_deg: 0.0,
+            }),
+        ),
+    ];
+    (g, ds)
+}
+
 fn pipeline(c: &mut Criterion) {
     let g = grid();
     let cfg = config(&g);
@@ -82,6 +136,28 @@ fn pipeline(c: &mut Criterion) {
             })
         });
     }
+    let (pg, pds) = numpy_peer_workload();
+    let pcfg = MeasureConfig {
+        thd: true,
+        ..config(&pg)
+    };
+    group.bench_function("synth+urms_half+rms10+thd/numpy-peer-workload", |b| {
+        b.iter(|| {
+            let mut synth = Synthesizer::new(SupplyModel::new(&pg, pds.clone()), 7);
+            let mut m = Measurement::new(&pcfg);
+            let mut block = SampleBlock::new(pg.channels(), BLOCK, pg.sample_rate, false);
+            let mut out: Vec<MeasureEvent> = Vec::with_capacity(1024);
+            let mut done = 0;
+            while done < total {
+                let n = (total - done).min(BLOCK);
+                synth.fill(&mut block, n);
+                out.clear();
+                m.push(&block, &mut out);
+                done += n;
+            }
+            out.len()
+        })
+    });
     group.finish();
 
     let mut group = c.benchmark_group("rms-fidelity");

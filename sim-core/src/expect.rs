@@ -24,6 +24,15 @@ pub fn evaluate(scenario: &Scenario, obs: &Observations) -> Vec<ExpectationOutco
         .collect()
 }
 
+/// `1 trip`, `2 trips`.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn ms(t: Seconds) -> String {
     format!("{:.1} ms", t * 1e3)
 }
@@ -65,14 +74,14 @@ fn judge(scenario: &Scenario, obs: &Observations, e: &Expectation) -> Expectatio
                 None => format!("no trip in {name}"),
             };
             let mut offenders = Vec::new();
-            let mut count = 0_u64;
+            let mut trips_total = 0_u64;
             for m in obs.meters.iter().filter(|m| m.group == *group) {
                 let trips: Vec<_> = m
                     .events
                     .iter()
                     .filter(|(_, ev)| ev.code.is_trip() && code.is_none_or(|c| c == ev.code))
                     .collect();
-                count += trips.len() as u64;
+                trips_total += trips.len() as u64;
                 if let Some((t, ev)) = trips.first() {
                     if offenders.len() < DETAIL_MAX {
                         offenders.push(format!(
@@ -90,11 +99,11 @@ fn judge(scenario: &Scenario, obs: &Observations, e: &Expectation) -> Expectatio
             let mut v = verdict(
                 "no_trip",
                 label,
-                count == 0,
+                trips_total == 0,
                 "0 trips".into(),
-                format!("{count} trips"),
+                count(trips_total, "trip"),
             );
-            if count > 0 {
+            if trips_total > 0 {
                 v.detail = Some(offenders.join("\n"));
             }
             v
@@ -141,8 +150,8 @@ fn judge(scenario: &Scenario, obs: &Observations, e: &Expectation) -> Expectatio
             }
             let measured = match worst.1 {
                 Some(m) => format!(
-                    "at most {} trips (meter {}/{})",
-                    worst.0,
+                    "at most {} (meter {}/{})",
+                    count(worst.0, "trip"),
                     group_name(scenario, m.group),
                     m.index
                 ),
@@ -150,9 +159,15 @@ fn judge(scenario: &Scenario, obs: &Observations, e: &Expectation) -> Expectatio
             };
             verdict(
                 "no_flapping",
-                format!("at most {max_trips_per_meter} trips per meter"),
+                format!(
+                    "at most {} per meter",
+                    count(u64::from(*max_trips_per_meter), "trip")
+                ),
                 worst.0 <= u64::from(*max_trips_per_meter),
-                format!("≤ {max_trips_per_meter} trips per meter"),
+                format!(
+                    "≤ {} per meter",
+                    count(u64::from(*max_trips_per_meter), "trip")
+                ),
                 measured,
             )
         }
@@ -402,11 +417,11 @@ fn judge_pq(
                 passed,
                 expected,
                 format!(
-                    "{what} {:.2} % Udin, duration {} (start {:.4} s; {} such events)",
+                    "{what} {:.2} % Udin, duration {} (start {:.4} s; {} detected)",
                     e.extreme / udin * 100.0,
                     ms(e.duration()),
                     e.start,
-                    candidates.len()
+                    count(candidates.len() as u64, kind.name())
                 ),
             );
             if !passed {
