@@ -212,7 +212,8 @@ impl<T> StoreAndForward<T> {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         StoreAndForward {
-            ring: VecDeque::with_capacity(capacity),
+            // Grows on demand: a large capacity costs memory only while an outage fills it.
+            ring: VecDeque::with_capacity(capacity.min(64)),
             capacity,
             overflowed: 0,
             pushed: 0,
@@ -423,6 +424,11 @@ impl Meter {
     /// Current trip state of phase `ch`.
     pub fn trip_state(&self, ch: usize) -> Option<EventCode> {
         self.trips.get(ch).and_then(HysteresisTrip::state)
+    }
+
+    /// The oldest message waiting in the ring, without taking it.
+    pub fn peek_transmit(&self) -> Option<&Message> {
+        self.ring.peek()
     }
 
     /// The meter's local event log (complete even when the link is down: trips are autonomous).
