@@ -224,10 +224,14 @@ impl ChannelFront {
         self.prev = v[v.len() - 1];
     }
 
-    fn crossing_time(&self, p: &Params, x: f32, idx: u64) -> Seconds {
+    /// Interpolated crossing between the previous sample and `x` (at `idx`), within the
+    /// interval between the two samples; `None` when a sample is not finite (NaN, ±∞): that is
+    /// treated as no crossing.
+    fn crossing_time(&self, p: &Params, x: f32, idx: u64) -> Option<Seconds> {
         let a = f64::from(self.prev);
         let frac = a / (a - f64::from(x));
-        (idx.saturating_sub(1) as f64 + frac) / p.fs
+        let t = (idx.saturating_sub(1) as f64 + frac.clamp(0.0, 1.0)) / p.fs;
+        (frac.is_finite() && t.is_finite()).then_some(t)
     }
 
     /// A boundary at `t_b`; `first_idx` is the first sample of the next half cycle. A crossing
@@ -392,8 +396,10 @@ impl ChannelFront {
                         let n = pos + k;
                         self.consume::<P>(p, &v[pos..n], cur_slice::<P>(cur, pos, n), idx);
                         let n_idx = start + n as u64;
-                        let t_c = self.crossing_time(p, v[n], n_idx);
-                        if !self.emitting || t_c >= self.gate_t {
+                        let t_c = self
+                            .crossing_time(p, v[n], n_idx)
+                            .filter(|&t| !self.emitting || t >= self.gate_t);
+                        if let Some(t_c) = t_c {
                             self.boundary(p, t_c, n_idx, true, thd, out);
                             pos = n;
                         } else {
@@ -411,15 +417,23 @@ impl ChannelFront {
             }
             // At the deadline sample: a last chance for a crossing, else free-running.
             let x = v[pos];
-            if (x < 0.0) != (self.prev < 0.0) {
-                let t_c = self.crossing_time(p, x, idx);
-                if (!self.emitting || t_c >= self.gate_t) && t_c < self.deadline_t {
-                    self.boundary(p, t_c, idx, true, thd, out);
-                    continue;
-                }
+            let b_before = self.b;
+            let crossing = ((x < 0.0) != (self.prev < 0.0))
+                .then(|| self.crossing_time(p, x, idx))
+                .flatten()
+                .filter(|&t| (!self.emitting || t >= self.gate_t) && t < self.deadline_t);
+            if let Some(t_c) = crossing {
+                self.boundary(p, t_c, idx, true, thd, out);
+            } else {
+                let (t_b, first) = (self.free_t, self.i_free);
+                self.boundary(p, t_b, first, false, thd, out);
             }
-            let (t_b, first) = (self.free_t, self.i_free);
-            self.boundary(p, t_b, first, false, thd, out);
+            // Always make progress: a boundary that did not move past the previous one (time
+            // too large to advance by a half period, or a non-finite mark) consumes the sample.
+            if self.b <= b_before || !self.b.is_finite() {
+                self.consume::<P>(p, &v[pos..pos + 1], cur_slice::<P>(cur, pos, pos + 1), idx);
+                pos += 1;
+            }
         }
         self.next_idx = start + len as u64;
     }
@@ -514,5 +528,110 @@ impl WaveformFrontEnd {
 
     pub fn config(&self) -> &MeasureConfig {
         &self.cfg
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::measure::test_signal::{config, samples};
+
+    fn block(start: u64, fs: f64, v: Vec<f32>) -> SampleBlock {
+        SampleBlock {
+            start,
+            len: v.len(),
+            sample_rate: fs,
+            voltage: vec![v],
+            current: Vec::new(),
+        }
+    }
+
+    fn check_times(out: &[MeasureEvent]) -> Vec<(Seconds, Seconds)> {
+        out.iter()
+            .filter_map(|e| match e {
+                MeasureEvent::HalfCycle { t_start, t_end, .. } => Some((*t_start, *t_end)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Non-finite samples (a runaway synthesis overflowing f32) never produce a non-finite
+    /// boundary and never stall the scan: the run ends, every time is finite and increasing.
+    #[test]
+    fn non_finite_samples_finish_with_finite_times() {
+        let fs = 3840.0;
+        let n = 3840; // 1 s at 60 Hz
+        let mut cfg = config(240.0, 60.0, fs, 1);
+        cfg.thd = true;
+        let patterns: [&dyn Fn(usize) -> f32; 6] = [
+            &|_| f32::NAN,
+            &|i| {
+                if i % 2 == 0 {
+                    f32::INFINITY
+                } else {
+                    f32::NEG_INFINITY
+                }
+            },
+            &|i| if i % 3 == 0 { f32::NAN } else { -1.0 },
+            &|i| {
+                if (i / 32) % 2 == 0 {
+                    f32::INFINITY
+                } else {
+                    -f32::INFINITY
+                }
+            },
+            &|i| {
+                if i % 2 == 0 {
+                    f32::NAN
+                } else {
+                    f32::NEG_INFINITY
+                }
+            },
+            &|i| {
+                if i < 100 {
+                    1.0
+                } else {
+                    f32::INFINITY * if i % 5 == 0 { -1.0 } else { 1.0 }
+                }
+            },
+        ];
+        for (k, pat) in patterns.iter().enumerate() {
+            let mut fe = WaveformFrontEnd::new(&cfg);
+            let mut out = Vec::new();
+            // Start with a clean sine so the front end is emitting, then the bad samples.
+            let sine = samples(n, fs, |t| {
+                340.0 * (2.0 * std::f64::consts::PI * 60.0 * t).sin()
+            });
+            fe.push(&block(0, fs, sine), &mut out);
+            let bad: Vec<f32> = (0..n).map(pat).collect();
+            fe.push(&block(n as u64, fs, bad.clone()), &mut out);
+            // A fresh front end that sees only bad samples from its first sample on.
+            let mut fe2 = WaveformFrontEnd::new(&cfg);
+            fe2.push(&block(0, fs, bad), &mut out);
+            let times = check_times(&out);
+            assert!(
+                times.len() > 100,
+                "pattern {k}: {} half cycles",
+                times.len()
+            );
+            for e in &out {
+                assert!(e.time().is_finite(), "pattern {k}: {e:?}");
+            }
+            for (a, b) in &times {
+                assert!(
+                    a.is_finite() && b.is_finite() && b >= a,
+                    "pattern {k}: {a} {b}"
+                );
+                assert!(
+                    *b <= 2.0 + 1e-9,
+                    "pattern {k}: boundary {b} past the samples"
+                );
+            }
+            assert!(
+                fe.horizon().is_finite() && fe2.horizon().is_finite(),
+                "pattern {k}"
+            );
+        }
     }
 }
