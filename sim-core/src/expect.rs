@@ -2,7 +2,9 @@
 //! was expected and what was measured in words and numbers.
 
 use crate::grid::Phase;
-use crate::harness::{attribute_onset, latency_summary, voltage_onsets, Observations};
+use crate::harness::{
+    attribute_onset, attribution_lag, latency_summary, voltage_onsets, Observations, Window,
+};
 use crate::outcome::ExpectationOutcome;
 use crate::scenario::{EventCode, Expectation, PqEventKind, Quantity, Scenario, Tolerance};
 use crate::time::Seconds;
@@ -241,7 +243,8 @@ fn judge_trip(
         phase.map_or("any phase".to_string(), |p| p.to_string()),
         ms(within)
     );
-    let mut onsets: [Option<Vec<Seconds>>; 3] = [None, None, None];
+    let mut onsets: [Option<Vec<Window>>; 3] = [None, None, None];
+    let lag = attribution_lag(scenario);
     let mut worst: Option<(Seconds, u32)> = None;
     let mut missing = Vec::new();
     let mut late = Vec::new();
@@ -257,7 +260,7 @@ fn judge_trip(
             Some((t, ev)) => {
                 let os = onsets[ev.phase.index()]
                     .get_or_insert_with(|| voltage_onsets(scenario, group, ev.phase));
-                let delay = t - attribute_onset(os, *t);
+                let delay = t - attribute_onset(os, *t, lag);
                 if worst.is_none_or(|(w, _)| delay > w) {
                     worst = Some((delay, m.index));
                 }

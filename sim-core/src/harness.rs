@@ -104,30 +104,42 @@ pub fn run(scenario: &Scenario, file: &str) -> ScenarioOutcome {
     }
 }
 
-/// Onsets of voltage disturbances that apply to `group` and `phase`, sorted; the scenario start
-/// (power-on) counts as an onset at 0.
-pub fn voltage_onsets(scenario: &Scenario, group: usize, phase: Phase) -> Vec<Seconds> {
-    let mut onsets: Vec<Seconds> = std::iter::once(0.0)
-        .chain(
-            resolved_disturbances(scenario, group)
-                .iter()
-                .filter_map(|d| {
-                    (d.kind.is_voltage_onset() && d.phases.contains(phase)).then_some(d.at)
-                }),
-        )
+/// (onset, end) of a disturbance.
+pub type Window = (Seconds, Seconds);
+
+/// Windows (onset, end) of the voltage disturbances that apply to `group` and `phase`, sorted by
+/// onset. Network faults and noise are not onsets.
+pub fn voltage_onsets(scenario: &Scenario, group: usize, phase: Phase) -> Vec<Window> {
+    let mut windows: Vec<Window> = resolved_disturbances(scenario, group)
+        .iter()
+        .filter(|d| d.kind.is_voltage_onset() && d.phases.contains(phase))
+        .map(|d| (d.at, d.end()))
         .collect();
-    onsets.sort_by(f64::total_cmp);
-    onsets
+    windows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    windows
 }
 
-/// The latest onset at or before `t`.
-pub fn attribute_onset(onsets: &[Seconds], t: Seconds) -> Seconds {
-    let i = onsets.partition_point(|&o| o <= t + 1e-12);
-    if i == 0 {
-        0.0
-    } else {
-        onsets[i - 1]
-    }
+/// The onset a trip at `t` is attributed to: the latest onset of a disturbance still active at
+/// `t`, or one that ended less than `lag` before it (Urms(1/2) trails the wave by up to a
+/// cycle); failing that, the latest onset before `t`; failing that, the scenario start
+/// (power-on).
+pub fn attribute_onset(windows: &[Window], t: Seconds, lag: Seconds) -> Seconds {
+    let started = |w: &&Window| w.0 <= t + 1e-12;
+    windows
+        .iter()
+        .filter(started)
+        .filter(|w| t <= w.1 + lag)
+        .map(|w| w.0)
+        .fold(None, |latest: Option<Seconds>, o| {
+            Some(latest.map_or(o, |l| l.max(o)))
+        })
+        .or_else(|| windows.iter().filter(started).map(|w| w.0).reduce(f64::max))
+        .unwrap_or(0.0)
+}
+
+/// How long after a disturbance ends a trip is still attributed to it: two nominal cycles.
+pub fn attribution_lag(scenario: &Scenario) -> Seconds {
+    2.0 / scenario.grid.frequency
 }
 
 fn resolved_disturbances(scenario: &Scenario, group: usize) -> Vec<Disturbance> {
@@ -201,29 +213,38 @@ pub fn simulate(scenario: &Scenario) -> Observations {
             .then(a.1.seq.cmp(&b.1.seq))
     });
     let mut head_end = HeadEnd::new(scenario.head_end);
-    let mut next_stale_check = 1.0;
+    // Every meter is expected from the start, so one that never gets through goes stale too.
+    for &(_, _, id) in &jobs {
+        head_end.expect_meter(id, 0.0);
+    }
+    // Staleness is checked on a grid of a tenth of the stale time (at least 1 s), and only
+    // within the scenario: deliveries after the end are still ingested, not judged stale.
+    let stale_step = (scenario.head_end.stale_after / 10.0).max(1.0);
+    let mut stale_checks = (1..)
+        .map(|k| f64::from(k) * stale_step)
+        .take_while(|t| *t <= scenario.duration)
+        .peekable();
     for (t, msg) in &deliveries {
-        while next_stale_check <= *t {
-            head_end.check_stale(next_stale_check);
-            next_stale_check += 1.0;
+        while let Some(check) = stale_checks.next_if(|c| c <= t) {
+            head_end.check_stale(check);
         }
         head_end.receive(*t, msg);
     }
-    while next_stale_check <= scenario.duration {
-        head_end.check_stale(next_stale_check);
-        next_stale_check += 1.0;
+    for check in stale_checks {
+        head_end.check_stale(check);
     }
 
     let group_of: Vec<usize> = jobs.iter().map(|&(g, _, _)| g).collect();
-    let mut onset_cache: Vec<[Option<Vec<Seconds>>; 3]> =
+    let mut onset_cache: Vec<[Option<Vec<Window>>; 3]> =
         vec![[None, None, None]; scenario.groups.len()];
+    let lag = attribution_lag(scenario);
     let mut trip_alarms = Vec::new();
     for alarm in head_end.alarms() {
         if let (AlarmKind::Trip(_), Some(phase)) = (&alarm.kind, alarm.phase) {
             let group = group_of.get(alarm.meter as usize).copied().unwrap_or(0);
             let onsets = onset_cache[group][phase.index()]
                 .get_or_insert_with(|| voltage_onsets(scenario, group, phase));
-            let onset = attribute_onset(onsets, alarm.source_time);
+            let onset = attribute_onset(onsets, alarm.source_time, lag);
             trip_alarms.push(AlarmRecord {
                 alarm: alarm.clone(),
                 group,
@@ -252,9 +273,11 @@ pub fn simulate(scenario: &Scenario) -> Observations {
                 stats.clears += 1;
             }
         }
+        // Every message never delivered must be a ring overflow or still in the ring; any
+        // difference either way is a defect somewhere and fails `delivered`.
         let missing = head_end.missing(run.record.id, run.record.produced);
         stats.unexplained_loss +=
-            missing.saturating_sub(run.record.overflowed + run.record.buffered_at_end);
+            missing.abs_diff(run.record.overflowed + run.record.buffered_at_end);
         if run.record.index == 0 {
             probes[run.record.group] = run.probes;
             pq_events[run.record.group] = run.pq_events;
@@ -321,9 +344,12 @@ fn probe_requests(scenario: &Scenario, group: usize) -> Vec<Probe> {
         .collect()
 }
 
-fn measure_config(scenario: &Scenario, group: usize) -> MeasureConfig {
+/// Measurement settings of one meter. THD and power cost an FFT and current synthesis per
+/// window, and only the group's probe meter (meter 0) is asked for them.
+fn measure_config(scenario: &Scenario, group: usize, probe: bool) -> MeasureConfig {
     let wants = |q: Quantity| {
-        scenario.expectations.iter().any(|e| {
+        probe
+            && scenario.expectations.iter().any(|e| {
             matches!(e, Expectation::Measurement { quantity, group: g, .. } if *quantity == q && *g == group)
         })
     };
@@ -348,7 +374,7 @@ fn simulate_meter(
     mut probes: Vec<Probe>,
 ) -> MeterRun {
     let group: &MeterGroup = &scenario.groups[g];
-    let cfg = measure_config(scenario, g);
+    let cfg = measure_config(scenario, g, index == 0);
     let mut meter = Meter::new(MeterConfig {
         id,
         channels: cfg.channels,
@@ -440,6 +466,7 @@ fn simulate_meter(
     }
 
     // End of the scenario: take the readings due, flush what the link lets through.
+    out.catch_up(end, &mut meter, &mut link);
     meter.advance(end);
     out.flush(end, &mut meter, &mut link);
     let buffered_at_end = meter.buffered() as u64;
@@ -483,16 +510,7 @@ impl MeterSink {
         // Channels interleave within a block; the meter needs one time order.
         events.sort_by(|a, b| a.time().total_cmp(&b.time()));
         for ev in events.iter() {
-            let t = ev.time();
-            // The link came back since the previous event: drain the ring at that instant, before
-            // the meter takes the readings due from then on (a reading due exactly at recovery
-            // goes into an emptied ring, not into a full one).
-            let up_at = link.next_up(self.last_t);
-            if up_at > self.last_t && up_at <= t {
-                meter.advance(up_at - 1e-6);
-                self.flush(up_at, meter, link);
-            }
-            self.last_t = t;
+            self.catch_up(ev.time(), meter, link);
             match ev {
                 MeasureEvent::HalfCycle { .. } => self.half_cycles += 1,
                 MeasureEvent::Pq(pq) if self.keep_pq => self.pq_events.push(pq.clone()),
@@ -506,20 +524,37 @@ impl MeterSink {
         }
     }
 
-    /// Hand every buffered message to the link if it is up at `now`. A message produced while
-    /// the link was down leaves when the link came back (or when it was produced, if later).
+    /// Hand the link every buffered message it could have carried by `now`, oldest first: one
+    /// taken while the link was up leaves when it was taken, one taken during an outage leaves
+    /// when the link came back. The first that still waits for the link stops the flush (the
+    /// ring is in time order, so all later ones wait too).
     fn flush(&mut self, now: Seconds, meter: &mut Meter, link: &mut Link) {
-        if !link.is_up(now) {
-            return;
-        }
-        while let Some(msg) = meter.poll_transmit() {
-            let send_at = link.next_up(msg.source_time).min(now).max(msg.source_time);
+        while let Some(source_time) = meter.peek_transmit().map(|m| m.source_time) {
+            let send_at = link.next_up(source_time).max(source_time);
+            if send_at > now {
+                break;
+            }
+            let Some(msg) = meter.poll_transmit() else {
+                break;
+            };
             self.scratch.clear();
             link.transmit(send_at, &mut self.scratch);
             for &t in &self.scratch {
                 self.deliveries.push((t, msg.clone()));
             }
         }
+    }
+
+    /// The link came back between the previous event and `t`: drain the ring at that instant,
+    /// before the meter takes the readings due from then on (a reading due exactly at recovery
+    /// goes into an emptied ring, not into a full one).
+    fn catch_up(&mut self, t: Seconds, meter: &mut Meter, link: &mut Link) {
+        let up_at = link.next_up(self.last_t);
+        if up_at > self.last_t && up_at <= t {
+            meter.advance(up_at - 1e-6);
+            self.flush(up_at, meter, link);
+        }
+        self.last_t = t;
     }
 }
 

@@ -284,3 +284,48 @@ fn alarm_latency_is_onset_to_head_end() {
     );
     assert!(out.passed());
 }
+
+#[test]
+fn a_reading_due_before_an_outage_starts_is_sent_not_buffered() {
+    // 50 Hz: measurement events come every 10 ms. Readings are due every 1.0025 s, so the one due
+    // at 30.075 s is only taken at the event at 30.08 s, after the outage started at 30.078 s.
+    // It was due while the link was up, so it must go out, not wait in the ring.
+    let mut g = group("g", 1, Fidelity::Rms);
+    g.rbe = RbeSpec {
+        delta: None,
+        heartbeat: 60.0,
+        interval: 1.0025,
+    };
+    g.buffer_capacity = 10;
+    let mut s = scenario(vec![g], vec![], 70.0);
+    s.grid.frequency = 50.0;
+    s.grid.system = PhaseSystem::Single;
+    s.network.push(NetworkEvent {
+        at: 30.078,
+        duration: 30.0,
+        groups: vec![],
+        kind: NetworkEventKind::RfLoss,
+    });
+    let out = harness::run(&s, "test");
+    // Readings due in the outage [30.078, 60.078): k · 1.0025 for k = 31 … 59, 29 of them; the
+    // ring keeps 10.
+    assert_eq!(out.stats.overflowed, 19, "{:?}", out.stats);
+    assert_eq!(out.stats.unexplained_loss, 0);
+}
+
+#[test]
+fn trips_are_attributed_to_the_disturbance_active_at_the_trip() {
+    use sim_core::harness::attribute_onset;
+    let lag = 2.0 / 60.0;
+    let windows = [(1.0, 1.2), (1.1, 1.15), (3.0, 3.5)];
+    // Inside the second window, and within the lag after it ended: the latest active onset.
+    assert_eq!(attribute_onset(&windows, 1.12, lag), 1.1);
+    assert_eq!(attribute_onset(&windows, 1.17, lag), 1.1);
+    // After both ended, long before the third: the latest onset so far.
+    assert_eq!(attribute_onset(&windows, 2.0, lag), 1.1);
+    // A later onset that is not active any more does not steal the attribution from a long
+    // one that is.
+    assert_eq!(attribute_onset(&[(1.0, 100.0), (2.0, 2.1)], 50.0, lag), 1.0);
+    // Before any onset: power-on.
+    assert_eq!(attribute_onset(&windows, 0.5, lag), 0.0);
+}
