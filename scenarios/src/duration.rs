@@ -70,7 +70,13 @@ pub fn parse_duration(text: &str) -> Result<DurationValue, String> {
             ))
         }
     };
-    Ok(DurationValue::Seconds(value * scale))
+    let seconds = value * scale;
+    if !seconds.is_finite() {
+        return Err(format!(
+            "duration `{t}` is too long (not a finite number of seconds)"
+        ));
+    }
+    Ok(DurationValue::Seconds(seconds))
 }
 
 #[cfg(test)]
@@ -113,5 +119,9 @@ mod tests {
         assert!(e("").contains("empty"));
         assert!(e("1.2.3s").contains("not a number"));
         assert!(e("infs").contains("no number") || e("infs").contains("unknown"));
+        // Finite as a number, infinite once scaled to seconds.
+        assert!(e("1e308h").contains("too long"), "{}", e("1e308h"));
+        assert!(e("1e307min").contains("too long"));
+        assert_eq!(secs("1e300h"), 3.6e303);
     }
 }

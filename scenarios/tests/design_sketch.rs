@@ -218,14 +218,14 @@ events:
   - { at: 11s, noise: { rms: 0.01, duration: 1s } }
   - { at: 12s, frequency: { deviation: -0.5, ramp: 1s, duration: 5s } }
   - { at: 13s, unbalance: { magnitudes: { L2: 0.95 }, angles: { L2: -2 }, duration: 1s } }
-  - { at: 14s, thermal_drift: { conductor: aluminium, r20: 0.1, current: 80, thermal_resistance: 0.5, tau: 10min, duration: 5min } }
+  - { at: 14s, thermal_drift: { conductor: aluminium, r20: 0.1, current: 80, thermal_resistance: 0.05, tau: 10min, duration: 5min } }
   - { at: 15s, latency: { groups: [a], extra: 200ms, duration: 10s } }
   - { at: 16s, packet_loss: { probability: 0.5, duration: 10s } }
 expect:
   - no_trip: { group: b }
   - no_trip: { group: a, code: OV_TRIP_0x02 }
   - measurement: { quantity: thd, at: 4.5s, expected: 5.0, tolerance: 0.05 }
-  - measurement: { quantity: rms_10cycle, group: b, phase: L2, at: 10min, expected: 120, tolerance: "0.5%" }
+  - measurement: { quantity: rms_10cycle, group: b, phase: L2, at: 9min, expected: 120, tolerance: "0.5%" }
   - event: { kind: dip, residual: 0.5, duration: 100ms }
   - event: { kind: swell, group: b, phase: L2, residual: 1.2, tolerance: "0.5%", duration: 50ms, duration_tolerance: 10ms }
   - delivered: { lost: 3, duplicates: 0 }
@@ -382,7 +382,7 @@ expect:
         }
     );
     assert!(
-        matches!(e[3], Expectation::Measurement { group: 1, phase: Phase::L2, tolerance: Tolerance::Percent(p), at, .. } if p == 0.5 && at == 600.0)
+        matches!(e[3], Expectation::Measurement { group: 1, phase: Phase::L2, tolerance: Tolerance::Percent(p), at, .. } if p == 0.5 && at == 540.0)
     );
     let Expectation::PqEvent {
         kind,

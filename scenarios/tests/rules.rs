@@ -225,3 +225,96 @@ fn network_event_groups_point_at_the_name() {
         "r.yaml:20:35: events[2].rf_loss.groups[0]: unknown group `feeder-x`; known groups: `feeder-a`"
     );
 }
+
+const EVENTS: &str = "  - { at: 3s, rf_loss: { groups: [feeder-a], duration: 30s } }";
+
+#[test]
+fn limits_accept_their_boundary_values() {
+    // Durations exactly at their maxima.
+    let s = ok(&[
+        ("duration: 40s", "duration: 720h"),
+        (
+            "rbe: { delta: 1.0, heartbeat: 60s }",
+            "rbe: { delta: 1.0, heartbeat: 24h, interval: 1h }\n    link: { latency: 60s, jitter: 60000ms, retry: 60min, loss: 0.3 }",
+        ),
+        ("buffer: { capacity: 4096 }", "buffer: { capacity: 10000000 }"),
+        (
+            EVENTS,
+            "  - { at: 3s, packet_loss: { probability: 0.6, duration: 1s } }\n  - { at: 4s, latency: { extra: 1min, jitter: 60s, duration: 1s } }",
+        ),
+    ]);
+    assert_eq!(s.duration, 720.0 * 3600.0);
+    let g = &s.groups[0];
+    assert_eq!((g.rbe.heartbeat, g.rbe.interval), (86_400.0, 3_600.0));
+    assert_eq!(
+        (g.link.latency, g.link.jitter, g.link.retry),
+        (60.0, 60.0, 3_600.0)
+    );
+    assert_eq!(g.buffer_capacity, 10_000_000);
+    // 0.3 + 0.6 is 0.8999…: at the limit, accepted.
+    assert_eq!(s.network.len(), 2);
+    // Measurement windows: one cycle after the start up to just before the end.
+    for at in ["1cycle", "16.667ms", "39.999s"] {
+        ok(&[(
+            "  - delivered: { lost: 0 }",
+            &format!("  - measurement: {{ quantity: rms_10cycle, at: {at}, expected: 240, tolerance: 1 }}"),
+        )]);
+    }
+    // PQ thresholds one step inside.
+    ok(&[(
+        "meters:",
+        "pq: { dip: 97.5, swell: 102.5, interruption: 5, hysteresis: 2 }\nmeters:",
+    )]);
+}
+
+#[test]
+fn loss_of_every_packet_loss_on_a_group_is_summed() {
+    let two = "  - { at: 3s, packet_loss: { probability: 0.5, duration: 1s } }\n  - { at: 30s, packet_loss: { groups: [feeder-a], probability: 0.45, duration: 1s } }";
+    let got = errs(&[(EVENTS, two)]);
+    // Reported at both events (the windows do not overlap: the sum counts anyway).
+    for i in [2, 3] {
+        assert!(
+            got.iter().any(
+                |g| g.starts_with(&format!("events[{i}].packet_loss.probability"))
+                    && g.contains("`feeder-a` (0.950)")
+            ),
+            "{got:#?}"
+        );
+    }
+}
+
+#[test]
+fn thermal_drift_must_settle() {
+    let td = |fields: &str| {
+        format!(
+            "  - {{ at: 3s, thermal_drift: {{ r20: 0.1, tau: 10min, duration: 5min, {fields} }} }}"
+        )
+    };
+    // k = I²·R20·R_th = 203.5: kα = 0.80 < 0.9 but T∞ ≈ 1061 °C, far above 250 °C.
+    has(
+        &[(EVENTS, &td("current: 80, thermal_resistance: 0.318"))],
+        "would settle at",
+    );
+    // kα ≥ 0.9.
+    has(
+        &[(EVENTS, &td("current: 80, thermal_resistance: 0.36"))],
+        "no thermal steady state: I²·R20·α·R_th = 0.9055",
+    );
+    // Settles: T∞ = (25 + 32·(1 − 20α)) / (1 − 32α) with α = 0.00393 → 62.32 °C.
+    let s = ok(&[(EVENTS, &td("current: 80, thermal_resistance: 0.05"))]);
+    let DisturbanceKind::ThermalDrift(t) = &s.disturbances[2].kind else {
+        panic!("{:?}", s.disturbances[2].kind)
+    };
+    let (k, a): (f64, f64) = (32.0, 0.00393);
+    let t_inf = (25.0 + k * (1.0 - 20.0 * a)) / (1.0 - k * a);
+    assert!((t_inf - 62.32).abs() < 0.01, "{t_inf}");
+    // The drop at T∞ (8 V · 1.166) is far below 0.9 × 240 V; now make it too big.
+    assert_eq!(t.thermal_resistance, 0.05);
+    has(
+        &[(
+            EVENTS,
+            &td("current: 80, thermal_resistance: 0.001, x: 5, power_factor: 0.5"),
+        )],
+        "not below 0.9 × nominal (216.0 V)",
+    );
+}

@@ -34,7 +34,12 @@ pub fn lower(
         frequency: 60.0,
         system: PhaseSystem::ThreePhase,
         duration: f64::INFINITY,
+        nominal: 230.0,
+        has_load: false,
         groups: Vec::new(),
+        fidelities: Vec::new(),
+        total_meters: 0,
+        packet_losses: Vec::new(),
     };
     let scenario = cx.scenario(dto);
     if cx.diags.is_empty() {
@@ -52,8 +57,31 @@ struct Cx<'a> {
     frequency: f64,
     system: PhaseSystem,
     duration: Seconds,
+    /// Grid nominal voltage, V.
+    nominal: f64,
+    /// `grid.load` is given (currents, power and energy are synthesized).
+    has_load: bool,
     groups: Vec<String>,
+    /// Fidelity of each group, by index.
+    fidelities: Vec<Fidelity>,
+    /// Meters over all groups so far.
+    total_meters: u64,
+    /// `packet_loss` events: (event index, groups (empty: all), probability).
+    packet_losses: Vec<(usize, Vec<usize>, f64)>,
 }
+
+/// Upper limits of durations, s.
+const DAY: Seconds = 86_400.0;
+const HOUR: Seconds = 3_600.0;
+const MAX_SCENARIO_DURATION: Seconds = 30.0 * DAY;
+const MAX_LINK_DELAY: Seconds = 60.0;
+/// Most meters in a scenario, over all groups; also the largest ring buffer.
+const MAX_METERS: u64 = 10_000_000;
+const MAX_BUFFER_CAPACITY: u64 = 10_000_000;
+/// Largest loss probability a group may see (link loss plus every packet_loss event).
+const MAX_LOSS: f64 = 0.9;
+/// Hottest steady conductor temperature accepted, °C.
+const MAX_CONDUCTOR_TEMPERATURE: f64 = 250.0;
 
 /// Seconds for messages: at most 6 decimals, no trailing zeros.
 fn secs(x: f64) -> String {
@@ -62,8 +90,9 @@ fn secs(x: f64) -> String {
     format!("{s}s")
 }
 
-fn or_all(groups: &Option<Vec<String>>) -> &[String] {
-    groups.as_deref().unwrap_or(&[])
+/// The last segment of a field path (`meters[0].link.latency` → `latency`).
+fn field_name(path: &str) -> &str {
+    path.rsplit('.').next().unwrap_or(path)
 }
 
 impl Cx<'_> {
@@ -156,6 +185,21 @@ impl Cx<'_> {
         s
     }
 
+    /// Check a duration against its upper limit `max` (`limit` spells it for the message).
+    fn at_most(&mut self, path: &str, s: Seconds, max: Seconds, limit: &str) -> Seconds {
+        if s > max {
+            self.err(
+                path,
+                format!(
+                    "`{}` must be at most {limit}, got {}",
+                    field_name(path),
+                    secs(s)
+                ),
+            );
+        }
+        s
+    }
+
     fn scenario(&mut self, d: &ScenarioDto) -> Scenario {
         if d.schema != 1 {
             self.err(
@@ -171,6 +215,12 @@ impl Cx<'_> {
         }
         let grid = self.grid(&d.grid);
         let duration = self.pos_dur("duration", &d.duration);
+        self.at_most(
+            "duration",
+            duration,
+            MAX_SCENARIO_DURATION,
+            "30 days (720h)",
+        );
         self.duration = if duration > 0.0 {
             duration
         } else {
@@ -180,7 +230,10 @@ impl Cx<'_> {
         let head_end = match &d.head_end {
             Some(h) => {
                 let stale_after = match &h.stale_after {
-                    Some(s) => self.pos_dur("head_end.stale_after", s),
+                    Some(s) => {
+                        let s = self.pos_dur("head_end.stale_after", s);
+                        self.at_most("head_end.stale_after", s, DAY, "1 day (24h)")
+                    }
                     None => HeadEndSpec::default().stale_after,
                 };
                 HeadEndSpec { stale_after }
@@ -199,12 +252,14 @@ impl Cx<'_> {
             .enumerate()
             .map(|(i, m)| self.meter(i, m, &grid))
             .collect();
+        self.fidelities = groups.iter().map(|g| g.fidelity).collect();
 
         let mut disturbances = Vec::new();
         let mut network = Vec::new();
         for (i, ev) in d.events.iter().flatten().enumerate() {
             self.event(i, ev, &mut disturbances, &mut network);
         }
+        self.loss_budget(&groups);
         let expectations = d
             .expect
             .iter()
@@ -231,6 +286,8 @@ impl Cx<'_> {
 
     fn grid(&mut self, g: &GridDto) -> GridSpec {
         let nominal = self.closed("grid.nominal", g.nominal, 90.0, 480.0);
+        self.nominal = nominal;
+        self.has_load = g.load.is_some();
         let frequency = g.frequency.unwrap_or(60.0);
         if frequency != 50.0 && frequency != 60.0 {
             self.err(
@@ -294,11 +351,15 @@ impl Cx<'_> {
             ),
             hysteresis: self.opt_closed("pq.hysteresis", p.hysteresis, def.hysteresis, 0.0, 10.0),
         };
-        if !(t.interruption < t.dip && t.dip < 100.0 && 100.0 < t.swell) {
+        // An event ends when the value is back past threshold ± hysteresis: that level must be
+        // reachable (below 100 % for dips, above for swells, below the dip threshold for
+        // interruptions), or events never end.
+        let h = t.hysteresis;
+        if !(t.interruption + h < t.dip && t.dip + h < 100.0 && 100.0 < t.swell - h) {
             self.err(
                 "pq",
                 format!(
-                    "thresholds must satisfy interruption < dip < 100 < swell, got interruption {}, dip {}, swell {}",
+                    "thresholds must satisfy interruption + hysteresis < dip, dip + hysteresis < 100 and swell − hysteresis > 100 (else events never end), got interruption {}, dip {}, swell {}, hysteresis {h}",
                     t.interruption, t.dip, t.swell
                 ),
             );
@@ -325,6 +386,18 @@ impl Cx<'_> {
                 &format!("{path}.count"),
                 format!("must be between 1 and 1000000, got {count}"),
             );
+        } else {
+            let before = self.total_meters;
+            self.total_meters += u64::from(count);
+            if before <= MAX_METERS && self.total_meters > MAX_METERS {
+                self.err(
+                    &format!("{path}.count"),
+                    format!(
+                        "the scenario has at most {MAX_METERS} meters over all groups; this group brings the total to {}",
+                        self.total_meters
+                    ),
+                );
+            }
         }
         let fidelity = match m.fidelity.unwrap_or(FidelityDto::Waveform) {
             FidelityDto::Waveform => {
@@ -358,7 +431,14 @@ impl Cx<'_> {
                 );
                 1
             }
-            Some(c) => usize::try_from(c).unwrap_or(usize::MAX),
+            Some(c) if c > MAX_BUFFER_CAPACITY => {
+                self.err(
+                    &format!("{path}.buffer.capacity"),
+                    format!("must be at most {MAX_BUFFER_CAPACITY} (messages), got {c}"),
+                );
+                1
+            }
+            Some(c) => usize::try_from(c).unwrap_or(1),
         };
         let (payload, registers) = self.encoding(&path, m.encoding.as_ref());
         let mut front_end = FrontEnd::default();
@@ -366,6 +446,16 @@ impl Cx<'_> {
             for (k, v) in [c.L1, c.L2, c.L3].into_iter().enumerate() {
                 if let Some(v) = v {
                     let p = format!("{path}.calibration.L{}", k + 1);
+                    if k >= self.system.channels() {
+                        self.err(
+                            &p,
+                            format!(
+                                "phase L{} does not exist on a {} grid",
+                                k + 1,
+                                self.system_name()
+                            ),
+                        );
+                    }
                     front_end.gain[k] = self.closed(&p, v, 0.5, 1.5);
                 }
             }
@@ -459,11 +549,19 @@ impl Cx<'_> {
             }
         };
         let heartbeat = match &r.heartbeat {
-            Some(h) => self.pos_dur(&format!("{p}.heartbeat"), h),
+            Some(h) => {
+                let hp = format!("{p}.heartbeat");
+                let s = self.pos_dur(&hp, h);
+                self.at_most(&hp, s, DAY, "1 day (24h)")
+            }
             None => def.heartbeat,
         };
         let interval = match &r.interval {
-            Some(h) => self.pos_dur(&format!("{p}.interval"), h),
+            Some(h) => {
+                let ip = format!("{p}.interval");
+                let s = self.pos_dur(&ip, h);
+                self.at_most(&ip, s, HOUR, "1h")
+            }
             None => def.interval,
         };
         RbeSpec {
@@ -521,14 +619,22 @@ impl Cx<'_> {
         let def = LinkSpec::default();
         let Some(l) = l else { return def };
         let p = format!("{path}.link");
+        let (lp, jp, rp) = (
+            format!("{p}.latency"),
+            format!("{p}.jitter"),
+            format!("{p}.retry"),
+        );
+        let latency = self.dur_or(&lp, l.latency.as_ref(), def.latency);
+        let jitter = self.dur_or(&jp, l.jitter.as_ref(), def.jitter);
+        let retry = match &l.retry {
+            Some(r) => self.pos_dur(&rp, r),
+            None => def.retry,
+        };
         LinkSpec {
-            latency: self.dur_or(&format!("{p}.latency"), l.latency.as_ref(), def.latency),
-            jitter: self.dur_or(&format!("{p}.jitter"), l.jitter.as_ref(), def.jitter),
-            loss: self.opt_closed(&format!("{p}.loss"), l.loss, def.loss, 0.0, 0.9),
-            retry: match &l.retry {
-                Some(r) => self.pos_dur(&format!("{p}.retry"), r),
-                None => def.retry,
-            },
+            latency: self.at_most(&lp, latency, MAX_LINK_DELAY, "60s"),
+            jitter: self.at_most(&jp, jitter, MAX_LINK_DELAY, "60s"),
+            loss: self.opt_closed(&format!("{p}.loss"), l.loss, def.loss, 0.0, MAX_LOSS),
+            retry: self.at_most(&rp, retry, HOUR, "1h"),
         }
     }
 
@@ -605,7 +711,18 @@ impl Cx<'_> {
         found
     }
 
-    fn group_list(&mut self, path: &str, groups: &[String]) -> Vec<usize> {
+    /// `groups:` of an event; `None` (all groups) lowers to an empty list.
+    fn group_list(&mut self, path: &str, groups: &Option<Vec<String>>) -> Vec<usize> {
+        let Some(groups) = groups else {
+            return Vec::new();
+        };
+        if groups.is_empty() {
+            self.err(
+                &format!("{path}.groups"),
+                "must name at least one group (omit `groups` for all groups)",
+            );
+            return Vec::new();
+        }
         let set: BTreeSet<usize> = groups
             .iter()
             .enumerate()
@@ -706,7 +823,7 @@ impl Cx<'_> {
                      pow: Option<f64>,
                      kind: DisturbanceKind| {
             let phases = cx.phases(&kp, phases);
-            let groups = cx.group_list(&kp, or_all(groups));
+            let groups = cx.group_list(&kp, groups);
             dist.push(Disturbance {
                 at,
                 point_on_wave_deg: pow,
@@ -911,6 +1028,7 @@ impl Cx<'_> {
             };
             d(self, &x.phases, &x.groups, None, kind);
         } else if let Some(x) = &ev.thermal_drift {
+            let before = self.diags.len();
             let ambient = self.opt_closed(&f("ambient"), x.ambient, 25.0, -50.0, 60.0);
             let t = ThermalDrift {
                 conductor: match x.conductor.unwrap_or(ConductorDto::Copper) {
@@ -930,6 +1048,9 @@ impl Cx<'_> {
                 tau: self.pos_dur(&f("tau"), &x.tau),
                 duration: self.pos_dur(&f("duration"), &x.duration),
             };
+            if self.diags.len() == before {
+                self.thermal_steady_state(&f("current"), &t);
+            }
             d(
                 self,
                 &x.phases,
@@ -939,7 +1060,7 @@ impl Cx<'_> {
             );
         } else if let Some(x) = &ev.rf_loss {
             let duration = self.pos_dur(&f("duration"), &x.duration);
-            let groups = self.group_list(&kp, or_all(&x.groups));
+            let groups = self.group_list(&kp, &x.groups);
             net.push(NetworkEvent {
                 at,
                 duration,
@@ -948,9 +1069,11 @@ impl Cx<'_> {
             });
         } else if let Some(x) = &ev.latency {
             let extra = self.dur(&f("extra"), &x.extra);
+            let extra = self.at_most(&f("extra"), extra, MAX_LINK_DELAY, "60s");
             let jitter = self.dur_or(&f("jitter"), x.jitter.as_ref(), 0.0);
+            let jitter = self.at_most(&f("jitter"), jitter, MAX_LINK_DELAY, "60s");
             let duration = self.pos_dur(&f("duration"), &x.duration);
-            let groups = self.group_list(&kp, or_all(&x.groups));
+            let groups = self.group_list(&kp, &x.groups);
             net.push(NetworkEvent {
                 at,
                 duration,
@@ -958,15 +1081,88 @@ impl Cx<'_> {
                 kind: NetworkEventKind::Latency { extra, jitter },
             });
         } else if let Some(x) = &ev.packet_loss {
-            let probability = self.closed(&f("probability"), x.probability, 0.0, 0.9);
+            let probability = self.closed(&f("probability"), x.probability, 0.0, MAX_LOSS);
             let duration = self.pos_dur(&f("duration"), &x.duration);
-            let groups = self.group_list(&kp, or_all(&x.groups));
+            let groups = self.group_list(&kp, &x.groups);
+            self.packet_losses.push((i, groups.clone(), probability));
             net.push(NetworkEvent {
                 at,
                 duration,
                 groups,
                 kind: NetworkEventKind::Loss { probability },
             });
+        }
+    }
+
+    /// A thermal drift must settle: with k = I²·R20·R_th the heat balance
+    /// T = T_amb + k·(1 + α·(T − 20)) has the fixed point T∞ = (T_amb + k·(1 − 20α)) / (1 − kα)
+    /// only for kα < 1 (else the temperature grows without bound). Kept well inside: kα < 0.9,
+    /// T∞ ≤ 250 °C, and the drop at the hottest temperature (T∞, or `initial` if hotter)
+    /// below 0.9 × nominal.
+    fn thermal_steady_state(&mut self, path: &str, t: &ThermalDrift) {
+        let alpha = t.conductor.alpha20();
+        let k = t.current * t.current * t.r20 * t.thermal_resistance;
+        let gain = k * alpha;
+        if gain >= 0.9 || !gain.is_finite() {
+            self.err(
+                path,
+                format!("the conductor has no thermal steady state: I²·R20·α·R_th = {gain:.4} ≥ 0.9 (the temperature would grow without bound); lower current, r20 or thermal_resistance"),
+            );
+            return;
+        }
+        let t_inf = (t.ambient + k * (1.0 - 20.0 * alpha)) / (1.0 - gain);
+        if t_inf > MAX_CONDUCTOR_TEMPERATURE || !t_inf.is_finite() {
+            self.err(
+                path,
+                format!("the conductor would settle at {t_inf:.1} °C, above {MAX_CONDUCTOR_TEMPERATURE} °C (the linear R(T) model's range); lower current, r20 or thermal_resistance"),
+            );
+            return;
+        }
+        let hottest = t_inf.max(t.initial);
+        let r = t.r20 * (1.0 + alpha * (hottest - 20.0));
+        let pf = t.power_factor.clamp(0.0, 1.0);
+        let drop = t.current * (r * pf + t.x * (1.0 - pf * pf).sqrt());
+        let limit = 0.9 * self.nominal;
+        if drop >= limit || !drop.is_finite() {
+            self.err(
+                path,
+                format!("the voltage drop along the conductor reaches {drop:.1} V at {hottest:.1} °C, not below 0.9 × nominal ({limit:.1} V)"),
+            );
+        }
+    }
+
+    /// Link loss plus every `packet_loss` that applies to a group (summed whether or not the
+    /// windows overlap) stays ≤ 0.9: beyond that, QoS 1 retries give up and messages are lost.
+    fn loss_budget(&mut self, groups: &[MeterGroup]) {
+        let applies = |gs: &[usize], g: usize| gs.is_empty() || gs.contains(&g);
+        let total = |g: usize| -> f64 {
+            groups[g].link.loss
+                + self
+                    .packet_losses
+                    .iter()
+                    .filter(|(_, gs, _)| applies(gs, g))
+                    .map(|(_, _, p)| p)
+                    .sum::<f64>()
+        };
+        let totals: Vec<f64> = (0..groups.len()).map(total).collect();
+        let mut found = Vec::new();
+        for (i, gs, _) in &self.packet_losses {
+            let over: Vec<String> = (0..groups.len())
+                .filter(|&g| applies(gs, g) && totals[g] > MAX_LOSS + 1e-9)
+                .map(|g| format!("`{}` ({:.3})", groups[g].name, totals[g]))
+                .collect();
+            if !over.is_empty() {
+                found.push((*i, over));
+            }
+        }
+        for (i, over) in found {
+            self.err(
+                &format!("events[{i}].packet_loss.probability"),
+                format!(
+                    "link loss plus every packet_loss on the group adds up to more than {MAX_LOSS} (counted whether or not the windows overlap) for {}; QoS 1 would give up and lose messages",
+                    over.join(", ")
+                ),
+            );
         }
     }
 
@@ -1158,14 +1354,26 @@ impl Cx<'_> {
                 .phase
                 .as_ref()
                 .map_or(Some(Phase::L1), |p| self.phase(&f("phase"), p));
+            let before = self.diags.len();
             let at = self.dur(&f("at"), &m.at);
-            if at > self.duration {
+            let cycle = 1.0 / self.frequency;
+            let at_ok = self.diags.len() == before;
+            if at_ok && at >= self.duration {
                 self.err(
                     &f("at"),
                     format!(
-                        "{} is past the end of the scenario ({})",
+                        "{} is not before the end of the scenario ({}); no window contains the end instant",
                         secs(at),
                         secs(self.duration)
+                    ),
+                );
+            } else if at_ok && at < cycle {
+                self.err(
+                    &f("at"),
+                    format!(
+                        "{} is earlier than one cycle ({}); no window has ended by then",
+                        secs(at),
+                        secs(cycle)
                     ),
                 );
             }
@@ -1180,6 +1388,28 @@ impl Cx<'_> {
                 QuantityDto::ActivePower => Quantity::ActivePower,
                 QuantityDto::Energy => Quantity::Energy,
             };
+            if matches!(quantity, Quantity::ActivePower | Quantity::Energy) {
+                let name = match quantity {
+                    Quantity::Energy => "energy",
+                    _ => "active_power",
+                };
+                if !self.has_load {
+                    self.err(
+                        &f("quantity"),
+                        format!(
+                            "{name} needs `grid.load` (currents are synthesized only with a load)"
+                        ),
+                    );
+                } else if self.fidelities.get(group) == Some(&Fidelity::Rms) {
+                    self.err(
+                        &f("quantity"),
+                        format!(
+                            "{name} is not measured by group `{}`: `fidelity: rms` computes no power; use `fidelity: waveform`",
+                            self.groups[group]
+                        ),
+                    );
+                }
+            }
             Some(Expectation::Measurement {
                 quantity,
                 group,
