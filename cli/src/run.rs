@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,8 @@ use sim_core::outcome::{ExpectationOutcome, ScenarioOutcome};
 
 use crate::args::RunArgs;
 use crate::exit::{
-    CommandResult, Failure, OrExit, ENVIRONMENT, EXPECTATION_FAILED, NOTHING_RAN, SUCCESS,
+    CommandResult, Failure, OrExit, ENVIRONMENT, EXPECTATION_FAILED, INVALID_INPUT, NOTHING_RAN,
+    SUCCESS,
 };
 use crate::load::{self, LoadedScenario};
 
@@ -24,6 +25,17 @@ use crate::load::{self, LoadedScenario};
 pub const PANIC_KIND: &str = "panic";
 
 pub fn run(args: &RunArgs, color: bool) -> CommandResult {
+    if let (Some(junit), Some(json)) = (&args.junit, &args.json) {
+        if same_file(junit, json) {
+            return Err(Failure::msg(
+                INVALID_INPUT,
+                format!(
+                    "--junit and --json name the same file ({}); give each report its own file",
+                    junit.display()
+                ),
+            ));
+        }
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.jobs.map_or(0, |n| n.get()))
         .thread_name(|i| format!("gridloop-run-{i}"))
@@ -125,6 +137,23 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
     } else {
         EXPECTATION_FAILED
     })
+}
+
+/// `a` and `b` name the same file, also when spelled differently (`x` and `./x`, symlinked
+/// folders): compared after resolving the existing parent folder.
+fn same_file(a: &Path, b: &Path) -> bool {
+    fn resolved(p: &Path) -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        let name = p.file_name()?;
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(parent.canonicalize().ok()?.join(name))
+    }
+    a == b || matches!((resolved(a), resolved(b)), (Some(x), Some(y)) if x == y)
 }
 
 fn create(path: &Path, what: &str) -> Result<BufWriter<File>, Failure> {

@@ -368,3 +368,29 @@ fn unwritable_report_file_exits_3_before_running() {
     );
     assert!(out.stdout.is_empty(), "nothing ran");
 }
+
+#[test]
+fn junit_and_json_to_the_same_file_is_a_usage_error_before_running() {
+    let dir = scratch("same-report-file");
+    let report = dir.join("results.out");
+    // Spelled differently, the same file: `dir/./results.out`.
+    let aliased = dir.join(".").join("results.out");
+    for (junit, json) in [(&report, &report), (&report, &aliased)] {
+        let out = gridloop(&[
+            "run",
+            "tests/fixtures/pass",
+            "--junit",
+            path_arg(junit),
+            "--json",
+            path_arg(json),
+        ]);
+        assert_code(&out, exit::INVALID_INPUT);
+        assert!(
+            stderr(&out).contains("--junit and --json name the same file"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(out.stdout.is_empty(), "nothing ran: {}", stdout(&out));
+        assert!(!report.exists(), "no report file is written");
+    }
+}
