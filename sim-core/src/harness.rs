@@ -163,59 +163,36 @@ fn derive_seed(seed: u64, meter: u32, stream: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// What one meter's simulation returns.
-struct MeterRun {
-    record: MeterRecord,
-    deliveries: Vec<(Seconds, Message)>,
-    probes: Vec<Probe>,
-    pq_events: Vec<PqEvent>,
-    samples: u64,
-    half_cycles: u64,
-}
+/// Grid time the meters advance between two head-end ingestions. Memory holds one slice of
+/// deliveries, not the whole run's.
+const SLICE: Seconds = 10.0;
+/// Deliveries up to this long before the end of a slice are final: a meter releases every
+/// message with an earlier delivery time by the time it has been advanced to the slice end
+/// (measurement holds events back by at most ~1.3 half cycles).
+const SLICE_MARGIN: Seconds = 1.0;
 
-/// Simulate every meter, then the head-end, and gather observations.
+/// Simulate every meter and the head-end, and gather observations.
+///
+/// Meters advance slice by slice (in parallel), and after each slice the head-end ingests every
+/// delivery that is final, in (delivery time, meter, seq) order — the same order a single sort
+/// of the whole run would give, with memory bounded by one slice.
 pub fn simulate(scenario: &Scenario) -> Observations {
-    let mut jobs = Vec::new();
+    let mut sims: Vec<MeterSim> = Vec::new();
     let mut next_id = 0_u32;
-    for (g, group) in scenario.groups.iter().enumerate() {
-        for index in 0..group.count {
-            jobs.push((g, index, next_id));
-            next_id += 1;
-        }
-    }
     let group_models: Vec<SupplyModel> = (0..scenario.groups.len())
         .map(|g| SupplyModel::new(&scenario.grid, resolved_disturbances(scenario, g)))
         .collect();
-    let probe_requests: Vec<Vec<Probe>> = (0..scenario.groups.len())
-        .map(|g| probe_requests(scenario, g))
-        .collect();
+    for (g, group) in scenario.groups.iter().enumerate() {
+        for index in 0..group.count {
+            sims.push(MeterSim::new(scenario, g, index, next_id, &group_models[g]));
+            next_id += 1;
+        }
+    }
 
-    let runs: Vec<MeterRun> = jobs
-        .par_iter()
-        .map(|&(g, index, id)| {
-            let probes = if index == 0 {
-                probe_requests[g].clone()
-            } else {
-                Vec::new()
-            };
-            simulate_meter(scenario, g, index, id, group_models[g].clone(), probes)
-        })
-        .collect();
-
-    // Head-end: every delivery of every meter, in delivery order.
-    let mut deliveries: Vec<(Seconds, &Message)> = runs
-        .iter()
-        .flat_map(|r| r.deliveries.iter().map(|(t, m)| (*t, m)))
-        .collect();
-    deliveries.sort_by(|a, b| {
-        a.0.total_cmp(&b.0)
-            .then(a.1.meter.cmp(&b.1.meter))
-            .then(a.1.seq.cmp(&b.1.seq))
-    });
     let mut head_end = HeadEnd::new(scenario.head_end);
     // Every meter is expected from the start, so one that never gets through goes stale too.
-    for &(_, _, id) in &jobs {
-        head_end.expect_meter(id, 0.0);
+    for sim in &sims {
+        head_end.expect_meter(sim.id, 0.0);
     }
     // Staleness is checked on a grid of a tenth of the stale time (at least 1 s), and only
     // within the scenario: deliveries after the end are still ingested, not judged stale.
@@ -224,17 +201,47 @@ pub fn simulate(scenario: &Scenario) -> Observations {
         .map(|k| f64::from(k) * stale_step)
         .take_while(|t| *t <= scenario.duration)
         .peekable();
-    for (t, msg) in &deliveries {
-        while let Some(check) = stale_checks.next_if(|c| c <= t) {
-            head_end.check_stale(check);
+    let mut pending: Vec<(Seconds, Message)> = Vec::new();
+    let mut t = 0.0;
+    loop {
+        let until = (t + SLICE).min(scenario.duration);
+        let last = until >= scenario.duration;
+        sims.par_iter_mut().for_each(|sim| {
+            sim.advance_to(until);
+            if last {
+                sim.finish();
+            }
+        });
+        for sim in &mut sims {
+            pending.append(&mut sim.sink.deliveries);
         }
-        head_end.receive(*t, msg);
+        pending.sort_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then(a.1.meter.cmp(&b.1.meter))
+                .then(a.1.seq.cmp(&b.1.seq))
+        });
+        let horizon = if last {
+            f64::INFINITY
+        } else {
+            until - SLICE_MARGIN
+        };
+        let ready = pending.partition_point(|(d, _)| *d <= horizon);
+        for (d, msg) in pending.drain(..ready) {
+            while let Some(check) = stale_checks.next_if(|c| *c <= d) {
+                head_end.check_stale(check);
+            }
+            head_end.receive(d, &msg);
+        }
+        if last {
+            break;
+        }
+        t = until;
     }
     for check in stale_checks {
         head_end.check_stale(check);
     }
 
-    let group_of: Vec<usize> = jobs.iter().map(|&(g, _, _)| g).collect();
+    let group_of: Vec<usize> = sims.iter().map(|s| s.group).collect();
     let mut onset_cache: Vec<[Option<Vec<Window>>; 3]> =
         vec![[None, None, None]; scenario.groups.len()];
     let lag = attribution_lag(scenario);
@@ -254,19 +261,20 @@ pub fn simulate(scenario: &Scenario) -> Observations {
     }
 
     let mut stats = RunStats {
-        meters: runs.len() as u64,
+        meters: sims.len() as u64,
         ..RunStats::default()
     };
-    let mut meters = Vec::with_capacity(runs.len());
+    let mut meters = Vec::with_capacity(sims.len());
     let mut probes = vec![Vec::new(); scenario.groups.len()];
     let mut pq_events = vec![Vec::new(); scenario.groups.len()];
-    for run in runs {
-        stats.samples += run.samples;
-        stats.half_cycles += run.half_cycles;
-        stats.produced += run.record.produced;
-        stats.overflowed += run.record.overflowed;
-        stats.buffered_at_end += run.record.buffered_at_end;
-        for (_, ev) in &run.record.events {
+    for sim in sims {
+        let record = sim.record();
+        stats.samples += sim.samples * sim.cfg.channels as u64;
+        stats.half_cycles += sim.sink.half_cycles;
+        stats.produced += record.produced;
+        stats.overflowed += record.overflowed;
+        stats.buffered_at_end += record.buffered_at_end;
+        for (_, ev) in &record.events {
             if ev.code.is_trip() {
                 stats.trips += 1;
             } else {
@@ -275,14 +283,13 @@ pub fn simulate(scenario: &Scenario) -> Observations {
         }
         // Every message never delivered must be a ring overflow or still in the ring; any
         // difference either way is a defect somewhere and fails `delivered`.
-        let missing = head_end.missing(run.record.id, run.record.produced);
-        stats.unexplained_loss +=
-            missing.abs_diff(run.record.overflowed + run.record.buffered_at_end);
-        if run.record.index == 0 {
-            probes[run.record.group] = run.probes;
-            pq_events[run.record.group] = run.pq_events;
+        let missing = head_end.missing(record.id, record.produced);
+        stats.unexplained_loss += missing.abs_diff(record.overflowed + record.buffered_at_end);
+        if record.index == 0 {
+            probes[record.group] = sim.probes;
+            pq_events[record.group] = sim.sink.pq_events;
         }
-        meters.push(run.record);
+        meters.push(record);
     }
     stats.delivered = head_end.unique();
     stats.duplicates = head_end.duplicates();
@@ -365,130 +372,215 @@ fn measure_config(scenario: &Scenario, group: usize, probe: bool) -> MeasureConf
     }
 }
 
-fn simulate_meter(
-    scenario: &Scenario,
-    g: usize,
+/// Where a meter's measurement events come from.
+#[derive(Debug)]
+enum Source {
+    Waveform {
+        synth: Box<Synthesizer>,
+        measurement: Box<Measurement>,
+        /// Samples per channel to synthesize in all.
+        total: u64,
+        ideal_front_end: bool,
+    },
+    Rms {
+        rms: RmsFidelity,
+        aggregator: Aggregator,
+        /// Grid time simulated so far.
+        t: Seconds,
+    },
+}
+
+/// One meter's simulation state, advanced slice by slice.
+#[derive(Debug)]
+struct MeterSim<'a> {
+    scenario: &'a Scenario,
+    group: usize,
     index: u32,
     id: u32,
-    model: SupplyModel,
-    mut probes: Vec<Probe>,
-) -> MeterRun {
-    let group: &MeterGroup = &scenario.groups[g];
-    let cfg = measure_config(scenario, g, index == 0);
-    let mut meter = Meter::new(MeterConfig {
-        id,
-        channels: cfg.channels,
-        thresholds: group.thresholds,
-        rbe: group.rbe,
-        buffer_capacity: group.buffer_capacity,
-    });
-    let windows = scenario
-        .network
-        .iter()
-        .filter(|n| n.groups.is_empty() || n.groups.contains(&g));
-    let mut link = Link::new(
-        group.link,
-        windows.cloned().collect(),
-        derive_seed(scenario.seed, id, 2),
-    );
-    let mut out = MeterSink {
-        deliveries: Vec::new(),
-        pq_events: Vec::new(),
-        scratch: Vec::new(),
-        half_cycles: 0,
-        keep_pq: index == 0,
-        last_t: 0.0,
-    };
-    let end = scenario.duration;
-    let mut samples = 0_u64;
-    let mut events: Vec<MeasureEvent> = Vec::with_capacity(1024);
+    cfg: MeasureConfig,
+    meter: Meter,
+    link: Link,
+    sink: MeterSink,
+    probes: Vec<Probe>,
+    source: Source,
+    /// Samples per channel synthesized so far (waveform fidelity).
+    samples: u64,
+    buffered_at_end: u64,
+}
 
-    match group.fidelity {
-        Fidelity::Waveform => {
-            let fs = scenario.grid.sample_rate;
-            let total = (end * fs).round() as u64;
-            let mut synth = Synthesizer::new(model, derive_seed(scenario.seed, id, 1));
-            let mut measurement = Measurement::new(&cfg);
-            let mut block = SampleBlock::new(cfg.channels, BLOCK, fs, cfg.power);
-            let ideal_front_end = group.front_end == crate::scenario::FrontEnd::default();
-            while samples < total {
-                let n = (total - samples).min(BLOCK as u64) as usize;
-                synth.fill(&mut block, n);
-                if !ideal_front_end {
-                    meter::apply_front_end(&group.front_end, &mut block, n);
-                }
-                events.clear();
-                measurement.push(&block, &mut events);
-                samples += n as u64;
-                out.consume(&mut events, &mut meter, &mut link, &mut probes);
-            }
-            events.clear();
-            measurement.finish(end, &mut events);
-            out.consume(&mut events, &mut meter, &mut link, &mut probes);
+impl<'a> MeterSim<'a> {
+    fn new(scenario: &'a Scenario, g: usize, index: u32, id: u32, model: &SupplyModel) -> Self {
+        let group: &MeterGroup = &scenario.groups[g];
+        let probe = index == 0;
+        let cfg = measure_config(scenario, g, probe);
+        let meter = Meter::new(MeterConfig {
+            id,
+            channels: cfg.channels,
+            thresholds: group.thresholds,
+            rbe: group.rbe,
+            buffer_capacity: group.buffer_capacity,
+        });
+        let windows = scenario
+            .network
+            .iter()
+            .filter(|n| n.groups.is_empty() || n.groups.contains(&g));
+        let link = Link::new(
+            group.link,
+            windows.cloned().collect(),
+            derive_seed(scenario.seed, id, 2),
+        );
+        let seed = derive_seed(scenario.seed, id, 1);
+        let source = match group.fidelity {
+            Fidelity::Waveform => Source::Waveform {
+                synth: Box::new(Synthesizer::new(model.clone(), seed)),
+                measurement: Box::new(Measurement::new(&cfg)),
+                total: (scenario.duration * scenario.grid.sample_rate).round() as u64,
+                ideal_front_end: group.front_end == crate::scenario::FrontEnd::default(),
+            },
+            Fidelity::Rms => Source::Rms {
+                rms: RmsFidelity::new(model.clone(), &cfg, seed),
+                aggregator: Aggregator::new(&cfg),
+                t: 0.0,
+            },
+        };
+        MeterSim {
+            scenario,
+            group: g,
+            index,
+            id,
+            cfg,
+            meter,
+            link,
+            sink: MeterSink {
+                deliveries: Vec::new(),
+                pq_events: Vec::new(),
+                scratch: Vec::new(),
+                half_cycles: 0,
+                keep_pq: probe,
+                last_t: 0.0,
+            },
+            probes: if probe {
+                probe_requests(scenario, g)
+            } else {
+                Vec::new()
+            },
+            source,
+            samples: 0,
+            buffered_at_end: 0,
         }
-        Fidelity::Rms => {
-            let mut rms = RmsFidelity::new(model, &cfg, derive_seed(scenario.seed, id, 1));
-            let mut aggregator = Aggregator::new(&cfg);
-            let mut front: Vec<MeasureEvent> = Vec::with_capacity(1024);
-            let mut t = 0.0;
-            while t < end {
-                let until = (t + RMS_STEP).min(end);
-                front.clear();
-                rms.advance(until, &mut front);
-                events.clear();
-                for ev in front.drain(..) {
-                    if let MeasureEvent::HalfCycle {
-                        ch,
-                        t_start,
-                        t_end,
-                        ms,
-                    } = ev
-                    {
-                        let ms = meter::front_end_ms(&group.front_end, ch, ms);
-                        events.push(MeasureEvent::HalfCycle {
+    }
+
+    /// Simulate grid time up to `until` (the waveform fidelity may run up to one block past
+    /// it). Buffers are allocated per call, so idle meters of a large fleet hold no samples.
+    fn advance_to(&mut self, until: Seconds) {
+        let group = &self.scenario.groups[self.group];
+        let mut events: Vec<MeasureEvent> = Vec::with_capacity(1024);
+        match &mut self.source {
+            Source::Waveform {
+                synth,
+                measurement,
+                total,
+                ideal_front_end,
+            } => {
+                let fs = self.scenario.grid.sample_rate;
+                let target = ((until * fs).ceil() as u64).min(*total);
+                if self.samples >= target {
+                    return;
+                }
+                let mut block = SampleBlock::new(self.cfg.channels, BLOCK, fs, self.cfg.power);
+                while self.samples < target {
+                    let n = (*total - self.samples).min(BLOCK as u64) as usize;
+                    synth.fill(&mut block, n);
+                    if !*ideal_front_end {
+                        meter::apply_front_end(&group.front_end, &mut block, n);
+                    }
+                    events.clear();
+                    measurement.push(&block, &mut events);
+                    self.samples += n as u64;
+                    self.sink.consume(
+                        &mut events,
+                        &mut self.meter,
+                        &mut self.link,
+                        &mut self.probes,
+                    );
+                }
+            }
+            Source::Rms { rms, aggregator, t } => {
+                let mut front: Vec<MeasureEvent> = Vec::with_capacity(1024);
+                let end = until.min(self.scenario.duration);
+                while *t < end {
+                    let step_end = (*t + RMS_STEP).min(end);
+                    front.clear();
+                    rms.advance(step_end, &mut front);
+                    events.clear();
+                    for ev in front.drain(..) {
+                        if let MeasureEvent::HalfCycle {
                             ch,
                             t_start,
                             t_end,
                             ms,
-                        });
-                        aggregator.push_half_cycle(ch, t_start, t_end, ms, &mut events);
-                    } else {
-                        events.push(ev);
+                        } = ev
+                        {
+                            let ms = meter::front_end_ms(&group.front_end, ch, ms);
+                            events.push(MeasureEvent::HalfCycle {
+                                ch,
+                                t_start,
+                                t_end,
+                                ms,
+                            });
+                            aggregator.push_half_cycle(ch, t_start, t_end, ms, &mut events);
+                        } else {
+                            events.push(ev);
+                        }
                     }
+                    self.sink.consume(
+                        &mut events,
+                        &mut self.meter,
+                        &mut self.link,
+                        &mut self.probes,
+                    );
+                    *t = step_end;
                 }
-                out.consume(&mut events, &mut meter, &mut link, &mut probes);
-                t = until;
             }
-            events.clear();
-            aggregator.finish(end, &mut events);
-            out.consume(&mut events, &mut meter, &mut link, &mut probes);
         }
     }
 
-    // End of the scenario: take the readings due, flush what the link lets through.
-    out.catch_up(end, &mut meter, &mut link);
-    meter.advance(end);
-    out.flush(end, &mut meter, &mut link);
-    let buffered_at_end = meter.buffered() as u64;
-    MeterRun {
-        record: MeterRecord {
-            id,
-            group: g,
-            index,
-            events: meter.event_log().to_vec(),
-            produced: meter.produced(),
-            overflowed: meter.overflowed(),
-            buffered_at_end,
-        },
-        deliveries: out.deliveries,
-        probes,
-        pq_events: out.pq_events,
-        samples: samples * cfg.channels as u64,
-        half_cycles: out.half_cycles,
+    /// End of the scenario: close open measurements, take the readings due, flush what the link
+    /// lets through; what stays in the ring is buffered at the end.
+    fn finish(&mut self) {
+        let end = self.scenario.duration;
+        let mut events: Vec<MeasureEvent> = Vec::new();
+        match &mut self.source {
+            Source::Waveform { measurement, .. } => measurement.finish(end, &mut events),
+            Source::Rms { aggregator, .. } => aggregator.finish(end, &mut events),
+        }
+        self.sink.consume(
+            &mut events,
+            &mut self.meter,
+            &mut self.link,
+            &mut self.probes,
+        );
+        self.sink.catch_up(end, &mut self.meter, &mut self.link);
+        self.meter.advance(end);
+        self.sink.flush(end, &mut self.meter, &mut self.link);
+        self.buffered_at_end = self.meter.buffered() as u64;
+    }
+
+    fn record(&self) -> MeterRecord {
+        MeterRecord {
+            id: self.id,
+            group: self.group,
+            index: self.index,
+            events: self.meter.event_log().to_vec(),
+            produced: self.meter.produced(),
+            overflowed: self.meter.overflowed(),
+            buffered_at_end: self.buffered_at_end,
+        }
     }
 }
 
 /// Routes one meter's measurement events to the meter, the probes and the link.
+#[derive(Debug)]
 struct MeterSink {
     deliveries: Vec<(Seconds, Message)>,
     pq_events: Vec<PqEvent>,
