@@ -383,8 +383,8 @@ enum Source {
         ideal_front_end: bool,
     },
     Rms {
-        rms: RmsFidelity,
-        aggregator: Aggregator,
+        rms: Box<RmsFidelity>,
+        aggregator: Box<Aggregator>,
         /// Grid time simulated so far.
         t: Seconds,
     },
@@ -438,8 +438,8 @@ impl<'a> MeterSim<'a> {
                 ideal_front_end: group.front_end == crate::scenario::FrontEnd::default(),
             },
             Fidelity::Rms => Source::Rms {
-                rms: RmsFidelity::new(model.clone(), &cfg, seed),
-                aggregator: Aggregator::new(&cfg),
+                rms: Box::new(RmsFidelity::new(model.clone(), &cfg, seed)),
+                aggregator: Box::new(Aggregator::new(&cfg)),
                 t: 0.0,
             },
         };
