@@ -113,13 +113,19 @@ pub fn summary_markdown(summary: &RunSummary) -> String {
 }
 
 /// The command that repeats the run: the producer's command line when it gave one, else
-/// `gridloop run <files…>` with `--seed N` when a seed override was used.
+/// `gridloop run <files…>` (each file once, in run order) with `--seed N` when a seed override
+/// was used.
 pub fn run_command(summary: &RunSummary) -> String {
     if let Some(command) = &summary.command {
         return command.clone();
     }
     let mut words = vec!["gridloop".to_owned(), "run".to_owned()];
-    words.extend(summary.outcomes.iter().map(|o| shell_quote(&o.file)));
+    for o in &summary.outcomes {
+        let file = shell_quote(&o.file);
+        if !words[2..].contains(&file) {
+            words.push(file);
+        }
+    }
     if let Some(seed) = summary.seed_override {
         words.push("--seed".to_owned());
         words.push(seed.to_string());
@@ -364,6 +370,11 @@ mod tests {
         assert!(md.ends_with(
             "Reproduce the run: `gridloop run scenarios/library/sag-70pct.yaml --seed 9`\n"
         ));
+        let twice = RunSummary::new(vec![testdata::passing(), testdata::passing()], None);
+        assert_eq!(
+            run_command(&twice),
+            "gridloop run scenarios/library/sag-70pct.yaml"
+        );
         let md = render(&summary.with_command("gridloop run scenarios/library --seed 9"));
         assert!(md.ends_with("Reproduce the run: `gridloop run scenarios/library --seed 9`\n"));
     }
