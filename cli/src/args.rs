@@ -88,6 +88,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 
+    /// Write summary.md (Markdown for CI job summaries and PR comments), results.json and
+    /// junit.xml into this directory (created with its parents)
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+
     /// Scenarios run in parallel on this many threads [default: all cores]
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<NonZeroUsize>,

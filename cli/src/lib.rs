@@ -5,6 +5,7 @@ pub mod args;
 pub mod commands;
 pub mod exit;
 pub mod load;
+pub mod report_dir;
 pub mod run;
 
 use std::io::IsTerminal;

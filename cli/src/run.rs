@@ -76,6 +76,9 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
         let out = create(path, "JSON")?;
         file_reporters.push((path.display().to_string(), Box::new(JsonReporter::new(out))));
     }
+    if let Some(dir) = &args.report {
+        file_reporters.extend(crate::report_dir::open(dir)?);
+    }
 
     let mut terminal = TerminalReporter::new(std::io::stdout().lock())
         .with_color(color)
@@ -121,7 +124,8 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
     });
     bar.finish_and_clear();
 
-    let summary = RunSummary::new(outcomes, args.seed);
+    let summary =
+        RunSummary::new(outcomes, args.seed).with_command(crate::report_dir::command_line());
     let finished = RunEvent::RunFinished { summary: &summary };
     to_terminal(&finished);
     for (path, r) in &mut file_reporters {

@@ -1,5 +1,6 @@
 //! Consumers of a gridloop run: one typed event stream ([`RunEvent`]) feeds many
-//! [`Reporter`]s — the terminal summary, JUnit XML and the versioned JSON results document.
+//! [`Reporter`]s — the terminal summary, JUnit XML, the versioned JSON results document and the
+//! Markdown summary for CI job summaries and pull-request comments.
 //!
 //! Every reporter writes to an `impl Write`, so each is tested against a `Vec<u8>`. Reporters
 //! know nothing about how the events were produced (sim, live or HIL; threads or not).
@@ -11,6 +12,7 @@ use sim_core::Seconds;
 
 pub mod json;
 pub mod junit;
+pub mod markdown;
 pub mod terminal;
 
 #[cfg(test)]
@@ -18,6 +20,7 @@ mod testdata;
 
 pub use json::{JsonReporter, JSON_FORMAT, JSON_VERSION};
 pub use junit::JunitReporter;
+pub use markdown::{shell_quote, MarkdownReporter};
 pub use terminal::TerminalReporter;
 
 /// One step of a run, in the order a reporter sees them: `RunStarted`, then one
@@ -60,6 +63,9 @@ pub struct RunSummary {
     pub outcomes: Vec<ScenarioOutcome>,
     /// `--seed` given on the command line: it replaced every scenario's own seed.
     pub seed_override: Option<u64>,
+    /// The command line that produced the run, shell-quoted (`gridloop run … --report out`),
+    /// when the producer knows it; reports show it so the run can be repeated exactly.
+    pub command: Option<String>,
 }
 
 /// Counts over a [`RunSummary`].
@@ -78,7 +84,14 @@ impl RunSummary {
         RunSummary {
             outcomes,
             seed_override,
+            command: None,
         }
+    }
+
+    /// The same summary, recording the command line that produced it.
+    pub fn with_command(mut self, command: impl Into<String>) -> Self {
+        self.command = Some(command.into());
+        self
     }
 
     pub fn counts(&self) -> RunCounts {
