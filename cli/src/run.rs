@@ -25,13 +25,30 @@ use crate::load::{self, LoadedScenario};
 pub const PANIC_KIND: &str = "panic";
 
 pub fn run(args: &RunArgs, color: bool) -> CommandResult {
-    if let (Some(junit), Some(json)) = (&args.junit, &args.json) {
-        if same_file(junit, json) {
+    // Two reporters writing one file would interleave: every output file must be distinct.
+    let mut outputs: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(p) = &args.junit {
+        outputs.push(("--junit".into(), p.clone()));
+    }
+    if let Some(p) = &args.json {
+        outputs.push(("--json".into(), p.clone()));
+    }
+    if let Some(dir) = &args.report {
+        for name in [
+            crate::report_dir::SUMMARY_MD,
+            crate::report_dir::RESULTS_JSON,
+            crate::report_dir::JUNIT_XML,
+        ] {
+            outputs.push((format!("--report ({name})"), dir.join(name)));
+        }
+    }
+    for (i, (flag_a, a)) in outputs.iter().enumerate() {
+        if let Some((flag_b, _)) = outputs[i + 1..].iter().find(|(_, b)| same_file(a, b)) {
             return Err(Failure::msg(
                 INVALID_INPUT,
                 format!(
-                    "--junit and --json name the same file ({}); give each report its own file",
-                    junit.display()
+                    "{flag_a} and {flag_b} name the same file ({}); give each report its own file",
+                    a.display()
                 ),
             ));
         }

@@ -1,5 +1,5 @@
 //! End-to-end tests of the `gridloop` binary: exit codes, stdout/stderr contracts and the
-//! files it writes. Tests marked `needs …` wait for the scenario loader and the harness.
+//! files it writes; `report` covers `run --report DIR`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use gridloop::exit;
+
+mod report;
 
 fn gridloop(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gridloop"))

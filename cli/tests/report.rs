@@ -1,46 +1,8 @@
 //! End-to-end tests of `gridloop run --report DIR`: the directory and its three files, what
 //! `summary.md` says, and exit 3 when the directory cannot be made.
 
-#![allow(clippy::unwrap_used)]
-
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-use gridloop::exit;
-
-fn gridloop(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gridloop"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("GRIDLOOP_LOG")
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the gridloop binary starts")
-}
-
-fn assert_code(out: &Output, expected: u8) {
-    assert_eq!(
-        out.status.code(),
-        Some(i32::from(expected)),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A fresh, empty scratch directory for one test.
-fn scratch(test: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("gridloop-cli-report-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn path_arg(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use super::exit;
+use super::{assert_code, gridloop, path_arg, scratch};
 
 #[test]
 fn report_dir_holds_summary_results_and_junit() {
@@ -185,4 +147,26 @@ fn report_is_in_run_help() {
     let help = String::from_utf8(out.stdout).unwrap();
     assert!(help.contains("--report <DIR>"), "{help}");
     assert!(help.contains("summary.md"), "{help}");
+}
+
+#[test]
+fn a_report_dir_file_named_again_by_json_or_junit_is_a_usage_error() {
+    let dir = scratch("report-dir-collision");
+    let results = dir.join("results.json");
+    let junit = dir.join("junit.xml");
+    for (flag, file) in [("--json", &results), ("--junit", &junit)] {
+        let out = gridloop(&[
+            "run",
+            "tests/fixtures/pass",
+            "--report",
+            path_arg(&dir),
+            flag,
+            path_arg(file),
+        ]);
+        assert_code(&out, exit::INVALID_INPUT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("name the same file"), "{err}");
+        assert!(err.contains(flag), "{err}");
+        assert!(out.stdout.is_empty(), "nothing ran");
+    }
 }
