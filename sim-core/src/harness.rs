@@ -5,7 +5,8 @@
 //! without changing a single bit of the result):
 //! supply model → samples (`waveform`) or half-cycle mean squares (`rms`) → measurement →
 //! meter logic (trips, readings, store-and-forward ring) → link (latency, loss, outages).
-//! The head-end then ingests every delivery of every meter in delivery-time order.
+//! Meters advance in slices of grid time; after each slice the head-end ingests, in
+//! (delivery time, meter, seq) order, every delivery that no later slice can precede.
 
 use rayon::prelude::*;
 
@@ -31,6 +32,13 @@ const BLOCK: usize = 4096;
 const RMS_STEP: Seconds = 0.25;
 /// Longest timeline kept in an outcome.
 const TIMELINE_MAX: usize = 200;
+/// Grid time the meters advance between two head-end ingestions. Memory holds one slice of
+/// deliveries, not the whole run's.
+const SLICE: Seconds = 10.0;
+/// Deliveries up to this long before the end of a slice are final: a meter releases every
+/// message with an earlier delivery time by the time it has been advanced to the slice end
+/// (measurement holds events back by at most ~1.3 half cycles).
+const SLICE_MARGIN: Seconds = 1.0;
 
 /// A value the expectations want from a group's probe meter (meter 0).
 #[derive(Debug, Clone, PartialEq)]
@@ -125,15 +133,10 @@ pub fn voltage_onsets(scenario: &Scenario, group: usize, phase: Phase) -> Vec<Wi
 /// (power-on).
 pub fn attribute_onset(windows: &[Window], t: Seconds, lag: Seconds) -> Seconds {
     let started = |w: &&Window| w.0 <= t + 1e-12;
-    windows
-        .iter()
-        .filter(started)
-        .filter(|w| t <= w.1 + lag)
-        .map(|w| w.0)
-        .fold(None, |latest: Option<Seconds>, o| {
-            Some(latest.map_or(o, |l| l.max(o)))
-        })
-        .or_else(|| windows.iter().filter(started).map(|w| w.0).reduce(f64::max))
+    let active = |w: &&Window| t <= w.1 + lag;
+    let latest = |it: &mut dyn Iterator<Item = &Window>| it.map(|w| w.0).reduce(f64::max);
+    latest(&mut windows.iter().filter(started).filter(active))
+        .or_else(|| latest(&mut windows.iter().filter(started)))
         .unwrap_or(0.0)
 }
 
@@ -162,14 +165,6 @@ fn derive_seed(seed: u64, meter: u32, stream: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
-
-/// Grid time the meters advance between two head-end ingestions. Memory holds one slice of
-/// deliveries, not the whole run's.
-const SLICE: Seconds = 10.0;
-/// Deliveries up to this long before the end of a slice are final: a meter releases every
-/// message with an earlier delivery time by the time it has been advanced to the slice end
-/// (measurement holds events back by at most ~1.3 half cycles).
-const SLICE_MARGIN: Seconds = 1.0;
 
 /// Simulate every meter and the head-end, and gather observations.
 ///
