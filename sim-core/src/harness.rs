@@ -153,6 +153,27 @@ fn resolved_disturbances(scenario: &Scenario, group: usize) -> Vec<Disturbance> 
     ds
 }
 
+/// Noise seed of meter `meter`'s waveform (both fidelities): stream 1 of [`derive_seed`].
+pub fn synthesis_seed(scenario_seed: u64, meter: u32) -> u64 {
+    derive_seed(scenario_seed, meter, 1)
+}
+
+/// Id of group `group`'s probe meter (its meter 0): ids count meters in group order.
+pub fn probe_meter_id(scenario: &Scenario, group: usize) -> u32 {
+    scenario.groups.iter().take(group).map(|g| g.count).sum()
+}
+
+/// The synthesizer of group `group`'s probe meter, exactly as [`simulate`] builds it: the
+/// group's disturbances with point-on-wave onsets resolved, and that meter's noise seed. Its
+/// samples are the supply at the meter's terminals, before the meter's front end.
+pub fn probe_synthesizer(scenario: &Scenario, group: usize) -> Synthesizer {
+    let model = SupplyModel::new(&scenario.grid, resolved_disturbances(scenario, group));
+    Synthesizer::new(
+        model,
+        synthesis_seed(scenario.seed, probe_meter_id(scenario, group)),
+    )
+}
+
 /// Deterministic per-meter seed: SplitMix64 of the scenario seed, the meter id and a stream tag.
 fn derive_seed(seed: u64, meter: u32, stream: u64) -> u64 {
     let mut z = seed
@@ -407,7 +428,7 @@ fn simulate_meter(
         Fidelity::Waveform => {
             let fs = scenario.grid.sample_rate;
             let total = (end * fs).round() as u64;
-            let mut synth = Synthesizer::new(model, derive_seed(scenario.seed, id, 1));
+            let mut synth = Synthesizer::new(model, synthesis_seed(scenario.seed, id));
             let mut measurement = Measurement::new(&cfg);
             let mut block = SampleBlock::new(cfg.channels, BLOCK, fs, cfg.power);
             let ideal_front_end = group.front_end == crate::scenario::FrontEnd::default();
@@ -427,7 +448,7 @@ fn simulate_meter(
             out.consume(&mut events, &mut meter, &mut link, &mut probes);
         }
         Fidelity::Rms => {
-            let mut rms = RmsFidelity::new(model, &cfg, derive_seed(scenario.seed, id, 1));
+            let mut rms = RmsFidelity::new(model, &cfg, synthesis_seed(scenario.seed, id));
             let mut aggregator = Aggregator::new(&cfg);
             let mut front: Vec<MeasureEvent> = Vec::with_capacity(1024);
             let mut t = 0.0;
