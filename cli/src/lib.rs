@@ -4,6 +4,7 @@
 pub mod args;
 pub mod commands;
 pub mod exit;
+pub mod export;
 pub mod load;
 pub mod run;
 
@@ -35,6 +36,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => commands::validate(args),
         Command::List(args) => commands::list(args),
         Command::Schema => commands::schema(),
+        Command::Export(args) => export::export(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
