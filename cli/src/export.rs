@@ -6,7 +6,8 @@
 //! ([`sim_core::harness::probe_synthesizer`]), at the supply terminals, before the meter's own
 //! front end (calibration gain, ADC quantization). Two passes over the (deterministic)
 //! synthesizer: the first finds each channel's range for the scaling, the second writes.
-//! Timestamps start at the fixed epoch [`reports::comtrade::EPOCH`] = scenario time 0.
+//! Timestamps start at the fixed epoch [`reports::comtrade::EPOCH`] = scenario time 0; the
+//! trigger is the first disturbance onset in the window (noise does not count), else the start.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -16,6 +17,7 @@ use clap::{Args, ValueEnum};
 use reports::comtrade::{
     AnalogChannel, ChannelRange, ComtradeError, DatWriter, DataFormat, Recording, Revision,
 };
+use sim_core::disturbance::DisturbanceKind;
 use sim_core::grid::PhaseSystem;
 use sim_core::synth::SampleBlock;
 use sim_core::{Scenario, Seconds};
@@ -255,6 +257,7 @@ pub fn export(args: &ExportArgs) -> CommandResult {
         .model()
         .disturbances
         .iter()
+        .filter(|d| !matches!(d.kind, DisturbanceKind::Noise { .. }))
         .map(|d| d.at)
         .filter(|t| (start..end).contains(t))
         .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.min(t))))
