@@ -31,6 +31,10 @@ pub const MAX_SAMPLES: u64 = 50_000_000;
 const BLOCK: usize = 4096;
 
 #[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Exit codes:\n  0  files written\n  2  invalid scenario or flags \
+(bad window, unknown group, more than 50 M samples per channel)\n  3  the files cannot be written"
+)]
 pub struct ExportArgs {
     /// Scenario file
     #[arg(value_name = "SCENARIO")]
