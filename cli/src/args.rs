@@ -52,6 +52,8 @@ pub enum Command {
     List(ListArgs),
     /// Print the JSON Schema of scenario files (for editors)
     Schema,
+    /// Write a meter group's probe waveform as COMTRADE files (.cfg + .dat)
+    Export(crate::export::ExportArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod commands;
 pub mod exit;
+pub mod export;
 pub mod load;
 pub mod report_dir;
 pub mod run;
@@ -36,6 +37,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => commands::validate(args),
         Command::List(args) => commands::list(args),
         Command::Schema => commands::schema(),
+        Command::Export(args) => export::export(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,5 +1,5 @@
 //! End-to-end tests of the `gridloop` binary: exit codes, stdout/stderr contracts and the
-//! files it writes; `report` covers `run --report DIR`.
+//! files it writes; `report` covers `run --report DIR`, `export` covers `export --comtrade`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use gridloop::exit;
 
+mod export;
 mod report;
 
 fn gridloop(args: &[&str]) -> Output {

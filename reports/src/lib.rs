@@ -4,12 +4,15 @@
 //!
 //! Every reporter writes to an `impl Write`, so each is tested against a `Vec<u8>`. Reporters
 //! know nothing about how the events were produced (sim, live or HIL; threads or not).
+//!
+//! [`comtrade`] writes waveforms (not results) as IEEE C37.111 COMTRADE files.
 
 use std::time::Duration;
 
 use sim_core::outcome::ScenarioOutcome;
 use sim_core::Seconds;
 
+pub mod comtrade;
 pub mod json;
 pub mod junit;
 pub mod markdown;

@@ -156,6 +156,27 @@ fn resolved_disturbances(scenario: &Scenario, group: usize) -> Vec<Disturbance> 
     ds
 }
 
+/// Noise seed of meter `meter`'s waveform (both fidelities): stream 1 of [`derive_seed`].
+pub fn synthesis_seed(scenario_seed: u64, meter: u32) -> u64 {
+    derive_seed(scenario_seed, meter, 1)
+}
+
+/// Id of group `group`'s probe meter (its meter 0): ids count meters in group order.
+pub fn probe_meter_id(scenario: &Scenario, group: usize) -> u32 {
+    scenario.groups.iter().take(group).map(|g| g.count).sum()
+}
+
+/// The synthesizer of group `group`'s probe meter, exactly as [`simulate`] builds it: the
+/// group's disturbances with point-on-wave onsets resolved, and that meter's noise seed. Its
+/// samples are the supply at the meter's terminals, before the meter's front end.
+pub fn probe_synthesizer(scenario: &Scenario, group: usize) -> Synthesizer {
+    let model = SupplyModel::new(&scenario.grid, resolved_disturbances(scenario, group));
+    Synthesizer::new(
+        model,
+        synthesis_seed(scenario.seed, probe_meter_id(scenario, group)),
+    )
+}
+
 /// Deterministic per-meter seed: SplitMix64 of the scenario seed, the meter id and a stream tag.
 fn derive_seed(seed: u64, meter: u32, stream: u64) -> u64 {
     let mut z = seed
@@ -424,7 +445,7 @@ impl<'a> MeterSim<'a> {
             windows.cloned().collect(),
             derive_seed(scenario.seed, id, 2),
         );
-        let seed = derive_seed(scenario.seed, id, 1);
+        let seed = synthesis_seed(scenario.seed, id);
         let source = match group.fidelity {
             Fidelity::Waveform => Source::Waveform {
                 synth: Box::new(Synthesizer::new(model.clone(), seed)),

@@ -329,3 +329,57 @@ fn trips_are_attributed_to_the_disturbance_active_at_the_trip() {
     // Before any onset: power-on.
     assert_eq!(attribute_onset(&windows, 0.5, lag), 0.0);
 }
+
+/// The probe synthesizer export uses: ids count meters in group order, the group's own
+/// disturbances (point-on-wave resolved) apply, and the noise seed is the probe meter's.
+#[test]
+fn probe_synthesizer_matches_the_group_and_its_probe_meter() {
+    use sim_core::synth::{resolve_point_on_wave, SampleBlock, SupplyModel, Synthesizer};
+    let mut only_b = sag(0.1, &[Phase::L1], 0.5, 0.1);
+    only_b.groups = vec![1];
+    let noise = Disturbance {
+        at: 0.0,
+        point_on_wave_deg: None,
+        phases: PhaseSet::ALL,
+        groups: vec![],
+        kind: DisturbanceKind::Noise {
+            rms: 0.01,
+            duration: 1.0,
+        },
+    };
+    let s = scenario(
+        vec![
+            group("a", 3, Fidelity::Waveform),
+            group("b", 2, Fidelity::Waveform),
+            group("c", 4, Fidelity::Waveform),
+        ],
+        vec![only_b.clone(), noise.clone()],
+        1.0,
+    );
+    assert_eq!(
+        (0..3)
+            .map(|g| harness::probe_meter_id(&s, g))
+            .collect::<Vec<_>>(),
+        [0, 3, 5]
+    );
+    let fill = |mut syn: Synthesizer| {
+        let mut b = SampleBlock::new(3, 2048, 7680.0, false);
+        syn.fill(&mut b, 2048);
+        b.voltage
+    };
+    // Group b: the sag (onset moved to L1's peak) and meter 3's noise.
+    let mut ds = vec![only_b, noise.clone()];
+    resolve_point_on_wave(&s.grid, &mut ds);
+    assert!(ds[0].at > 0.1);
+    let want = fill(Synthesizer::new(
+        SupplyModel::new(&s.grid, ds),
+        harness::synthesis_seed(1, 3),
+    ));
+    assert_eq!(fill(harness::probe_synthesizer(&s, 1)), want);
+    // Group a has no sag; group c draws other noise than group b.
+    let a = fill(harness::probe_synthesizer(&s, 0));
+    let c = fill(harness::probe_synthesizer(&s, 2));
+    let k = (0.15 * 7680.0) as usize;
+    assert!(a[0][k].abs() > 0.0 && (a[0][k] - want[0][k]).abs() > 1.0);
+    assert_ne!(a[1][..100], c[1][..100]);
+}
