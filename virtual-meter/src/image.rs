@@ -449,3 +449,294 @@ pub fn word_order(enc: RegisterEncoding) -> WordOrder {
         RegisterEncoding::Int16 { .. } => WordOrder::Abcd,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::registers::{MapOptions, VOLTAGE_L1_REG};
+    use sim_core::measure::PqEvent;
+    use sim_core::meter::MeterConfig;
+    use sim_core::scenario::{PqEventKind, RbeSpec};
+
+    fn settings() -> Settings {
+        Settings {
+            thresholds: Thresholds::default(),
+            gains: [1.0; 3],
+        }
+    }
+
+    fn image_with(options: MapOptions) -> MeterImage {
+        MeterImage::new(
+            Arc::new(RegisterMap::default_map(options)),
+            DeviceIdentity::gridloop("feeder-a/0"),
+            3,
+            240.0,
+            Some(LoadSpec {
+                current: 10.0,
+                power_factor: 0.8,
+            }),
+            settings(),
+        )
+    }
+
+    fn image() -> MeterImage {
+        image_with(MapOptions::default())
+    }
+
+    fn rms10(ch: usize, t: f64, value: f64) -> MeasureEvent {
+        MeasureEvent::Rms10 {
+            ch,
+            t_start: t - 0.2,
+            t_end: t,
+            value,
+            flagged: false,
+        }
+    }
+
+    fn f32_at(img: &MeterImage, addr: u16) -> f32 {
+        let r = img.read(addr, 2).unwrap();
+        encoding::decode_f32([r[0], r[1]], WordOrder::Abcd)
+    }
+
+    fn u32_at(img: &MeterImage, addr: u16) -> u32 {
+        let r = img.read(addr, 2).unwrap();
+        u32::from(r[0]) << 16 | u32::from(r[1])
+    }
+
+    #[test]
+    fn before_any_measurement_values_read_as_not_implemented() {
+        let img = image();
+        assert!(f32_at(&img, VOLTAGE_L1_REG).is_nan());
+        assert_eq!(img.status() & status::VALID, 0);
+        // Settings and identity are there from the start.
+        assert_eq!(f32_at(&img, 0x0100), 252.0);
+        assert_eq!(f32_at(&img, 0x0102), 210.0);
+        assert_eq!(f32_at(&img, 0x0104), 2.0);
+        assert_eq!(f32_at(&img, 0x010A), 1.0);
+        let v = img.read(0x0049, 1).unwrap()[0];
+        assert_eq!(v, img.identity().version_register());
+        assert_eq!(
+            DeviceIdentity {
+                revision: "2.17.3".into(),
+                ..DeviceIdentity::gridloop("x")
+            }
+            .version_register(),
+            0x0211
+        );
+    }
+
+    #[test]
+    fn measurements_fill_the_registers() {
+        let mut img = image();
+        for (ch, v) in [(0, 240.0), (1, 239.5), (2, 241.25)] {
+            img.on_measure(&rms10(ch, 0.2, v));
+        }
+        img.on_measure(&MeasureEvent::UrmsHalf {
+            ch: 0,
+            t_start: 0.19,
+            t_end: 0.2,
+            value: 180.0,
+        });
+        img.on_measure(&MeasureEvent::Thd {
+            ch: 1,
+            t_start: 0.0,
+            t_end: 0.2,
+            percent: 4.5,
+        });
+        img.on_measure(&MeasureEvent::Frequency {
+            t_start: 0.0,
+            t_end: 0.2,
+            hz: 59.98,
+        });
+        assert_eq!(f32_at(&img, 0x0024), 240.0);
+        assert_eq!(f32_at(&img, 0x0026), 239.5);
+        assert_eq!(f32_at(&img, 0x0028), 241.25);
+        assert_eq!(f32_at(&img, 0x0042), 180.0);
+        assert_eq!(f32_at(&img, 0x002C), 4.5);
+        assert_eq!(f32_at(&img, 0x0030), 59.98_f32);
+        // I = 10 A × V / 240 V; P = V · I · 0.8.
+        assert_eq!(f32_at(&img, 0x0032), 10.0);
+        assert_eq!(f32_at(&img, 0x0038), 1920.0);
+        let total =
+            1920.0 + 239.5 * (10.0 * 239.5 / 240.0) * 0.8 + 241.25 * (10.0 * 241.25 / 240.0) * 0.8;
+        assert!((f64::from(f32_at(&img, 0x003E)) - total).abs() < 1e-3);
+        // 0.2 s of each phase's power, in Wh.
+        assert!((f64::from(f32_at(&img, 0x0040)) - total * 0.2 / 3600.0).abs() < 1e-6);
+        assert_eq!(u32_at(&img, 0x0050), 200);
+        assert_ne!(img.status() & status::VALID, 0);
+        // One read of the whole measurement block.
+        assert_eq!(img.read(0x0024, 0x0052 - 0x0024).unwrap().len(), 46);
+        // Measured power replaces the derived one.
+        img.on_measure(&MeasureEvent::Power {
+            ch: 0,
+            t_start: 0.2,
+            t_end: 0.4,
+            watts: 1000.0,
+            energy_wh: 0.5,
+        });
+        assert_eq!(f32_at(&img, 0x0038), 1000.0);
+        assert_eq!(f32_at(&img, 0x0040), 0.5);
+        img.on_measure(&MeasureEvent::Pq(PqEvent {
+            kind: PqEventKind::Dip,
+            phase: None,
+            start: 1.0,
+            end: 1.2,
+            extreme: 180.0,
+        }));
+        assert_eq!(u32_at(&img, 0x004E), 1);
+    }
+
+    /// The spec's detectable mismatch: a head-end that reads 240 V float32 ABCD as int16 gets
+    /// a value off by one to two orders of magnitude (or an exception for a split read).
+    #[test]
+    fn float32_read_as_int16_is_detectably_wrong() {
+        let mut img = image();
+        img.on_measure(&rms10(0, 0.2, 240.0));
+        let regs = img.read(VOLTAGE_L1_REG, 2).unwrap();
+        assert_eq!(regs, vec![0x4370, 0x0000]);
+        let raw = f64::from(regs[0] as i16);
+        assert!(raw / 240.0 > 70.0, "raw int16 {raw}");
+        assert!(raw * 0.1 / 240.0 > 7.0, "int16 at 0.1 V/LSB {}", raw * 0.1);
+        assert_eq!(
+            img.read(VOLTAGE_L1_REG, 1),
+            Err(Refusal::IllegalDataAddress)
+        );
+        // Configured as int16 at 0.1 V/LSB the same voltage reads right.
+        let mut img = image_with(MapOptions::with_analog(RegisterEncoding::Int16 {
+            scale: 0.1,
+        }));
+        img.on_measure(&rms10(0, 0.2, 240.04));
+        assert_eq!(img.read(VOLTAGE_L1_REG, 1).unwrap(), vec![2400]);
+    }
+
+    #[test]
+    fn every_word_order_round_trips() {
+        for order in [
+            WordOrder::Abcd,
+            WordOrder::Cdab,
+            WordOrder::Badc,
+            WordOrder::Dcba,
+        ] {
+            let mut img = image_with(MapOptions::with_analog(RegisterEncoding::Float32(order)));
+            img.on_measure(&rms10(1, 0.2, 277.0));
+            let r = img.read(0x0026, 2).unwrap();
+            assert_eq!(
+                encoding::decode_f32([r[0], r[1]], order),
+                277.0,
+                "{order:?}"
+            );
+            assert_eq!(r, encoding::encode_f32(277.0, order).to_vec());
+        }
+    }
+
+    #[test]
+    fn read_limits_and_addresses() {
+        let img = image();
+        assert_eq!(img.read(0x0024, 0), Err(Refusal::IllegalDataValue));
+        assert_eq!(img.read(0x0024, 126), Err(Refusal::IllegalDataValue));
+        // 125 registers from 0x0024 run into the unmapped gap after 0x0051.
+        assert_eq!(img.read(0x0024, 125), Err(Refusal::IllegalDataAddress));
+        assert_eq!(img.read(0x0000, 2), Err(Refusal::IllegalDataAddress));
+        assert_eq!(img.read(0xFFFF, 2), Err(Refusal::IllegalDataAddress));
+        // Starting or ending inside a 32-bit value.
+        assert_eq!(img.read(0x0025, 2), Err(Refusal::IllegalDataAddress));
+        assert_eq!(img.read(0x0024, 3), Err(Refusal::IllegalDataAddress));
+        assert_eq!(img.read(0x0048, 2).unwrap().len(), 2);
+        assert_eq!(img.read(0x0100, 12).unwrap().len(), 12);
+    }
+
+    fn f32_regs(v: f32) -> Vec<u16> {
+        encoding::encode_f32(v, WordOrder::Abcd).to_vec()
+    }
+
+    #[test]
+    fn writes_validate_and_are_idempotent() {
+        let mut img = image();
+        assert_eq!(img.write(0x0100, &f32_regs(250.0)), Ok(true));
+        assert_eq!(img.write(0x0100, &f32_regs(250.0)), Ok(false));
+        assert_eq!(img.settings().thresholds.upper, 250.0);
+        assert_eq!(f32_at(&img, 0x0100), 250.0);
+        // All three thresholds in one FC16.
+        let mut regs = f32_regs(260.0);
+        regs.extend(f32_regs(200.0));
+        regs.extend(f32_regs(3.0));
+        assert_eq!(img.write(0x0100, &regs), Ok(true));
+        let t = img.settings().thresholds;
+        assert_eq!((t.upper, t.lower, t.hysteresis), (260.0, 200.0, 3.0));
+        // Gains.
+        assert_eq!(img.write(0x0108, &f32_regs(1.02)), Ok(true));
+        assert_eq!(img.settings().gains, [1.0, f64::from(1.02_f32), 1.0]);
+
+        let before = img.settings();
+        for (addr, regs, why) in [
+            (0x0100, f32_regs(1000.5), Refusal::IllegalDataValue),
+            (0x0100, f32_regs(-1.0), Refusal::IllegalDataValue),
+            (0x0100, f32_regs(f32::NAN), Refusal::IllegalDataValue),
+            (0x0106, f32_regs(2.5), Refusal::IllegalDataValue),
+            (0x0104, f32_regs(100.5), Refusal::IllegalDataValue),
+            // lower above upper, or clear levels crossing
+            (0x0102, f32_regs(270.0), Refusal::IllegalDataValue),
+            (0x0104, f32_regs(30.0), Refusal::IllegalDataValue),
+            // half of a float32, read-only, unmapped
+            (0x0100, vec![0x4370], Refusal::IllegalDataAddress),
+            (0x0101, f32_regs(1.0), Refusal::IllegalDataAddress),
+            (0x0024, f32_regs(1.0), Refusal::IllegalDataAddress),
+            (0x0200, vec![1], Refusal::IllegalDataAddress),
+            (0x0100, vec![], Refusal::IllegalDataValue),
+            (0x0100, vec![0; 124], Refusal::IllegalDataValue),
+        ] {
+            assert_eq!(img.write(addr, &regs), Err(why), "0x{addr:04X} {regs:?}");
+        }
+        // A bad value anywhere in an FC16 changes nothing, even the good values before it.
+        let mut regs = f32_regs(255.0);
+        regs.extend(f32_regs(-5.0));
+        assert_eq!(img.write(0x0100, &regs), Err(Refusal::IllegalDataValue));
+        assert_eq!(img.settings(), before);
+    }
+
+    #[test]
+    fn trips_latch_until_written_one_to_clear() {
+        let mut img = image();
+        let mut meter = Meter::new(MeterConfig {
+            id: 0,
+            channels: 3,
+            thresholds: Thresholds::default(),
+            rbe: RbeSpec::default(),
+            buffer_capacity: 16,
+        });
+        let urms = |ch, t, value| MeasureEvent::UrmsHalf {
+            ch,
+            t_start: t - 0.02,
+            t_end: t,
+            value,
+        };
+        meter.on_measure(&urms(0, 1.0, 180.0));
+        meter.on_measure(&urms(2, 1.0, 260.0));
+        img.on_meter(&meter, 1.0);
+        let s = img.status();
+        assert_eq!(s & 0x3F, status::UV_ACTIVE | status::OV_ACTIVE << 2);
+        assert_eq!(
+            s & status::LATCHED_MASK,
+            status::UV_LATCHED | status::OV_LATCHED << 2
+        );
+        meter.on_measure(&urms(0, 1.2, 230.0));
+        meter.on_measure(&urms(2, 1.2, 230.0));
+        img.on_meter(&meter, 1.2);
+        let s = img.status();
+        assert_eq!(s & 0x3F, 0, "active bits follow the trip state");
+        assert_eq!(
+            s & status::LATCHED_MASK,
+            status::UV_LATCHED | status::OV_LATCHED << 2
+        );
+        assert_eq!(u32_at(&img, 0x004A), 2);
+        assert_eq!(u32_at(&img, 0x004C), 2);
+        // Clear the UV L1 latch only (FC06 on STATUS_REG); other bits ignore the write.
+        assert_eq!(img.write(0x0048, &[status::UV_LATCHED | 0x00FF]), Ok(true));
+        assert_eq!(img.status() & status::LATCHED_MASK, status::OV_LATCHED << 2);
+        assert_eq!(img.write(0x0048, &[status::UV_LATCHED]), Ok(false));
+        // Syncing again does not re-latch old trips.
+        img.on_meter(&meter, 1.3);
+        assert_eq!(img.status() & status::LATCHED_MASK, status::OV_LATCHED << 2);
+    }
+}

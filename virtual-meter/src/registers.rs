@@ -638,3 +638,232 @@ impl fmt::Display for Point {
         f.write_str(&self.name())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RegisterMap, MapError> {
+        RegisterMap::parse_conf(text, "register_map.conf", MapOptions::default())
+    }
+
+    fn kind(text: &str) -> (usize, MapErrorKind) {
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.file, "register_map.conf");
+        (e.line, e.kind)
+    }
+
+    #[test]
+    fn default_map_follows_the_spec_and_is_valid() {
+        let map = RegisterMap::default_map(MapOptions::default());
+        assert_eq!(map.entries().len(), Point::all().len());
+        assert_eq!(map.address(Point::Voltage(Phase::L1)), Some(0x0024));
+        assert_eq!(map.address(Point::Voltage(Phase::L2)), Some(0x0026));
+        assert_eq!(map.address(Point::Voltage(Phase::L3)), Some(0x0028));
+        // Sorted, non-overlapping, 32-bit values even-aligned.
+        for w in map.entries().windows(2) {
+            assert!(w[0].last() < u32::from(w[1].address), "{w:?}");
+        }
+        for e in map.entries() {
+            if e.registers() == 2 {
+                assert_eq!(e.address % 2, 0, "{e:?}");
+            }
+        }
+        // The measurement block 0x0024..=0x0051 and the settings block are gap-free.
+        for a in 0x0024..=0x0051 {
+            assert!(map.slot(a).is_some(), "0x{a:04X}");
+        }
+        for a in 0x0100..=0x010B {
+            assert!(map.slot(a).is_some(), "0x{a:04X}");
+        }
+        assert_eq!(map.slot(0x0023), None);
+        assert_eq!(map.slot(0x0052), None);
+        assert_eq!(map.slot(0x010C), None);
+        assert_eq!(map.slot(0xFFFF), None);
+        assert_eq!(
+            map.slot(0x0027),
+            Some(Slot {
+                entry: 1,
+                offset: 1
+            })
+        );
+        // Names are unique and round-trip.
+        for p in Point::all() {
+            assert_eq!(Point::from_name(&p.name()), Some(*p));
+        }
+        assert_eq!(parse(&map.to_conf()).unwrap(), map);
+    }
+
+    #[test]
+    fn conf_with_comments_blank_lines_decimal_and_encodings() {
+        let map = parse(
+            "# a meter that keeps only voltages\n\n\
+             VOLTAGE_L1_REG = 0x0024   # float32 ABCD by default\n\
+             VOLTAGE_L2_REG=38 int16:0.1\n\
+             VOLTAGE_L3_REG = 0X0030 float32:cdab\n\
+             STATUS_REG = 0x0027\n",
+        )
+        .unwrap();
+        assert_eq!(map.entries().len(), 4);
+        let l2 = map.entry(Point::Voltage(Phase::L2)).unwrap();
+        assert_eq!(l2.address, 38);
+        assert_eq!(
+            l2.encoding,
+            PointEncoding::Value(RegisterEncoding::Int16 { scale: 0.1 })
+        );
+        assert_eq!(
+            map.entry(Point::Voltage(Phase::L3)).unwrap().encoding,
+            PointEncoding::Value(RegisterEncoding::Float32(WordOrder::Cdab))
+        );
+        assert_eq!(map.address(Point::Frequency), None);
+        // A 16-bit value may sit at an odd address.
+        assert_eq!(map.address(Point::Status), Some(0x0027));
+    }
+
+    #[test]
+    fn unknown_name_names_the_line() {
+        let (line, k) = kind("VOLTAGE_L1_REG = 0x0024\n\nVOLTAGE_L4_REG = 0x0026\n");
+        assert_eq!(line, 3);
+        assert_eq!(k, MapErrorKind::UnknownName("VOLTAGE_L4_REG".into()));
+        let e = parse("# x\nFOO = 1\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "register_map.conf:2: unknown register name `FOO`"
+        );
+    }
+
+    #[test]
+    fn bad_numbers() {
+        for bad in ["0x10000", "0xZZ", "-1", "65536", "0x", "2.5"] {
+            let (line, k) = kind(&format!("# c\nVOLTAGE_L1_REG = {bad}\n"));
+            assert_eq!(line, 2);
+            assert_eq!(k, MapErrorKind::BadNumber(bad.into()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn duplicate_name() {
+        let (line, k) = kind("VOLTAGE_L1_REG = 0x0024\nVOLTAGE_L1_REG = 0x0040\n");
+        assert_eq!(line, 2);
+        assert_eq!(
+            k,
+            MapErrorKind::Duplicate {
+                name: "VOLTAGE_L1_REG".into(),
+                first: 1
+            }
+        );
+    }
+
+    #[test]
+    fn overlapping_registers() {
+        // L2 at 0x0025 would be odd; put a 16-bit value inside a 32-bit one instead.
+        let (line, k) = kind("VOLTAGE_L1_REG = 0x0024\n# gap\nSTATUS_REG = 0x0025\n");
+        assert_eq!(line, 3);
+        assert_eq!(
+            k,
+            MapErrorKind::Overlap {
+                name: "STATUS_REG".into(),
+                address: 0x0025,
+                other: "VOLTAGE_L1_REG".into(),
+                other_line: 1
+            }
+        );
+        // Two 32-bit values at the same address.
+        let (line, k) = kind("VOLTAGE_L1_REG = 0x0024\nVOLTAGE_L2_REG = 0x0024\n");
+        assert_eq!(line, 2);
+        assert!(matches!(k, MapErrorKind::Overlap { .. }));
+        // Adjacent is fine.
+        assert!(parse("VOLTAGE_L1_REG = 0x0024\nSTATUS_REG = 0x0026\n").is_ok());
+    }
+
+    #[test]
+    fn odd_alignment_of_32_bit_values() {
+        let (line, k) = kind("\nVOLTAGE_L1_REG = 0x0025\n");
+        assert_eq!(line, 2);
+        assert_eq!(
+            k,
+            MapErrorKind::OddAlignment {
+                name: "VOLTAGE_L1_REG".into(),
+                address: 0x0025
+            }
+        );
+        // As int16 it is one register and may be odd.
+        assert!(parse("VOLTAGE_L1_REG = 0x0025 int16:0.1\n").is_ok());
+        // A 32-bit value at 0xFFFE fits; counters are uint32 too.
+        assert!(parse("TRIP_COUNT_REG = 0xFFFE\n").is_ok());
+        assert_eq!(
+            kind("TRIP_COUNT_REG = 0xFFFF\n").1,
+            MapErrorKind::OddAlignment {
+                name: "TRIP_COUNT_REG".into(),
+                address: 0xFFFF
+            }
+        );
+    }
+
+    #[test]
+    fn syntax_encoding_and_empty_errors() {
+        assert!(matches!(
+            kind("VOLTAGE_L1_REG 0x0024\n").1,
+            MapErrorKind::Syntax(_)
+        ));
+        assert!(matches!(kind("= 0x0024\n").1, MapErrorKind::Syntax(_)));
+        assert!(matches!(
+            kind("VOLTAGE_L1_REG = 0x0024 float32 extra\n").1,
+            MapErrorKind::Syntax(_)
+        ));
+        for bad in [
+            "float64",
+            "int16",
+            "int16:0",
+            "int16:-1",
+            "float32:xyzw",
+            "uint32:1:abcd:x",
+        ] {
+            assert_eq!(
+                kind(&format!("VOLTAGE_L1_REG = 0x0024 {bad}\n")).1,
+                MapErrorKind::BadEncoding(bad.into())
+            );
+        }
+        // Raw-bit registers take no encoding.
+        assert!(matches!(
+            kind("STATUS_REG = 0x0010 float32\n").1,
+            MapErrorKind::BadEncoding(_)
+        ));
+        assert_eq!(kind("# nothing\n\n").1, MapErrorKind::Empty);
+        let e = RegisterMap::load_conf(Path::new("/nonexistent/map.conf"), MapOptions::default())
+            .unwrap_err();
+        assert!(matches!(e.kind, MapErrorKind::Io(_)));
+        assert!(e
+            .to_string()
+            .starts_with("/nonexistent/map.conf:0: cannot read"));
+    }
+
+    #[test]
+    fn options_set_analog_and_counter_encodings() {
+        let map = RegisterMap::default_map(MapOptions::with_analog(RegisterEncoding::Float32(
+            WordOrder::Cdab,
+        )));
+        assert_eq!(
+            map.entry(Point::Frequency).unwrap().encoding,
+            PointEncoding::Value(RegisterEncoding::Float32(WordOrder::Cdab))
+        );
+        assert_eq!(
+            map.entry(Point::TripCount).unwrap().encoding,
+            PointEncoding::Value(RegisterEncoding::Uint32 {
+                scale: 1.0,
+                word_order: WordOrder::Cdab
+            })
+        );
+        assert_eq!(
+            map.entry(Point::Status).unwrap().encoding,
+            PointEncoding::Uint16
+        );
+        // int16 analog values take one register at the same addresses (the second is unmapped).
+        let map = RegisterMap::default_map(MapOptions::with_analog(RegisterEncoding::Int16 {
+            scale: 0.1,
+        }));
+        assert_eq!(map.entry(Point::Voltage(Phase::L1)).unwrap().registers(), 1);
+        assert_eq!(map.slot(0x0025), None);
+    }
+}
