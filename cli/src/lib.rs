@@ -5,6 +5,7 @@ pub mod args;
 pub mod commands;
 pub mod exit;
 pub mod load;
+pub mod meter;
 pub mod report_dir;
 pub mod run;
 
@@ -36,6 +37,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => commands::validate(args),
         Command::List(args) => commands::list(args),
         Command::Schema => commands::schema(),
+        Command::Meter(args) => meter::meter(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
@@ -196,10 +197,24 @@ pub async fn serve(
     units: Arc<Units>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + Unpin + 'static,
 ) -> io::Result<()> {
+    serve_notify(listener, units, stop, None).await
+}
+
+/// [`serve`], notifying `connected` on every accepted connection (a permit is stored, so a
+/// waiter that arrives later still sees the first one).
+pub async fn serve_notify(
+    listener: TcpListener,
+    units: Arc<Units>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + Unpin + 'static,
+    connected: Option<Arc<Notify>>,
+) -> io::Result<()> {
     let server = Server::new(listener);
     let service = MeterService::new(units);
     let new_service = move |_addr: SocketAddr| Ok(Some(service.clone()));
     let on_connected = move |stream, addr| {
+        if let Some(n) = &connected {
+            n.notify_one();
+        }
         let new_service = new_service.clone();
         async move { accept_tcp_connection(stream, addr, new_service) }
     };
