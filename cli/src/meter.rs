@@ -199,7 +199,7 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
     if !interrupted {
         let step = Duration::from_millis(args.step_ms);
         tokio::select! {
-            s = run_paced(&meters, Instant::now(), step, plan.end) => stats = s,
+            () = run_paced(&meters, Instant::now(), step, plan.end, &mut stats) => {}
             _ = &mut ctrl_c => interrupted = true,
         }
     }

@@ -28,15 +28,16 @@ pub struct PacingStats {
 
 /// Advance every meter to the time elapsed since `start` (scaled by nothing: one grid second
 /// per wall second), every `step`, until `end` seconds of grid time are simulated. Returns
-/// when the scenario is over; drop the future to stop early (Ctrl-C).
+/// when the scenario is over; drop the future to stop early (Ctrl-C): `stats` holds what was
+/// done until then.
 pub async fn run_paced(
     meters: &[SharedMeter],
     start: Instant,
     step: Duration,
     end: Seconds,
-) -> PacingStats {
+    stats: &mut PacingStats,
+) {
     let step = step.max(Duration::from_millis(1));
-    let mut stats = PacingStats::default();
     let mut ticker = tokio::time::interval_at(start + step, step);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut last_tick: Option<Instant> = None;
@@ -68,7 +69,7 @@ pub async fn run_paced(
         stats.steps += 1;
         stats.sim_time = t;
         if t >= end {
-            return stats;
+            return;
         }
     }
 }

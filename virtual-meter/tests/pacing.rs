@@ -15,7 +15,11 @@ async fn meters_follow_the_clock_until_the_scenario_ends() {
     let start = Instant::now();
     let task = {
         let meters = meters.clone();
-        tokio::spawn(async move { run_paced(&meters, start, DEFAULT_STEP, 3.0).await })
+        tokio::spawn(async move {
+            let mut stats = Default::default();
+            run_paced(&meters, start, DEFAULT_STEP, 3.0, &mut stats).await;
+            stats
+        })
     };
     // Let the loop run to 0.5 s of paused time, then look.
     tokio::time::sleep_until(start + Duration::from_millis(505)).await;
@@ -23,7 +27,7 @@ async fn meters_follow_the_clock_until_the_scenario_ends() {
         let t = m.lock().unwrap().time();
         assert!((t - 0.5).abs() < 0.0101, "t = {t}");
     }
-    let stats = task.await.unwrap();
+    let stats: virtual_meter::pacing::PacingStats = task.await.unwrap();
     assert_eq!(stats.sim_time, 3.0);
     // The paused clock does not move while the meters compute: no overruns.
     assert_eq!(stats.overruns, 0);
