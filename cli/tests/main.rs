@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use gridloop::exit;
 
+mod meter;
 mod report;
 
 fn gridloop(args: &[&str]) -> Output {
