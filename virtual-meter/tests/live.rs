@@ -53,3 +53,40 @@ fn image_follows_the_sag() {
     let hz = live.image().value(Point::Frequency);
     assert!((hz - 60.0).abs() < 0.01, "hz {hz}");
 }
+
+fn f32_regs(v: f32) -> Vec<u16> {
+    sim_core::encoding::encode_f32(v, sim_core::encoding::WordOrder::Abcd).to_vec()
+}
+
+/// Settings written over the register interface reach the meter: a lower UV limit before
+/// the sag means no trip; a calibration gain scales what the meter measures.
+#[test]
+fn written_settings_change_what_the_meter_does() {
+    let sc = scenario(SAG);
+    let mut live = LiveMeter::new(&sc, MeterRef { group: 0, index: 0 }, default_map());
+    live.advance_to(0.5);
+    // VOLT_LOWER_LIMIT_REG = 170 V (below the sag's 180 V), twice: idempotent.
+    live.write(0x0102, &f32_regs(170.0)).unwrap();
+    live.write(0x0102, &f32_regs(170.0)).unwrap();
+    assert_eq!(live.meter().config().thresholds.lower, 170.0);
+    // CAL_GAIN_L2_REG = 1.02.
+    live.write(0x0108, &f32_regs(1.02)).unwrap();
+    live.advance_to(2.0);
+    assert_eq!(
+        live.image().state().trip_count,
+        0,
+        "{:?}",
+        live.meter().event_log()
+    );
+    let l2 = live.image().value(Point::Voltage(sim_core::Phase::L2));
+    let l3 = live.image().value(Point::Voltage(sim_core::Phase::L3));
+    assert!(
+        (l2 / l3 - f64::from(1.02_f32)).abs() < 1e-4,
+        "L2 {l2} L3 {l3}"
+    );
+    // Back to the spec's 210 V: the next sag-free second trips nothing either.
+    live.write(0x0102, &f32_regs(210.0)).unwrap();
+    live.advance_to(3.0);
+    assert_eq!(live.image().state().trip_count, 0);
+    assert!(live.is_finished());
+}
