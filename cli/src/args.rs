@@ -54,6 +54,70 @@ pub enum Command {
     Schema,
     /// Write a meter group's probe waveform as COMTRADE files (.cfg + .dat)
     Export(crate::export::ExportArgs),
+    /// Serve a scenario's meter(s) over Modbus/TCP in real time (prints the bound address)
+    Meter(MeterArgs),
+}
+
+/// `gridloop meter`: one meter, or a gateway of several, running a scenario in real time.
+#[derive(Debug, Clone, Args)]
+pub struct MeterArgs {
+    /// The scenario file
+    #[arg(value_name = "SCENARIO", required_unless_present = "scenario_flag")]
+    pub scenario: Option<PathBuf>,
+
+    /// The scenario file (same as the positional SCENARIO)
+    #[arg(long = "scenario", value_name = "FILE", conflicts_with = "scenario")]
+    pub scenario_flag: Option<PathBuf>,
+
+    /// Meter group to run [default: the scenario's first group]
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+
+    /// Modbus/TCP listen address (port 0 picks a free port; the bound address is printed)
+    #[arg(
+        long,
+        visible_alias = "modbus",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:502"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// Meters behind the listener: 1 answers every unit id; N > 1 is a gateway with unit ids
+    /// 1..=N (meters 0..N of the group; unknown ids get exception 0x0B)
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=247))]
+    pub units: u8,
+
+    /// Register map file (`NAME = 0x0024 [ENCODING]` lines) [default: the documented map]
+    #[arg(long, value_name = "FILE")]
+    pub map: Option<PathBuf>,
+
+    /// Encoding of analog registers: float32[:ORDER], int16:SCALE or uint32:SCALE[:ORDER]
+    /// [default: the group's `encoding.registers`/`word_order`]
+    #[arg(long, value_name = "ENCODING")]
+    pub encoding: Option<String>,
+
+    /// Stop after this much grid time (e.g. 10s) instead of at the scenario's end
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<String>,
+
+    /// After the scenario ends, keep serving the final registers this long (e.g. 30s)
+    #[arg(long, value_name = "DURATION")]
+    pub linger: Option<String>,
+
+    /// Start the scenario clock at the first client connection instead of at once
+    #[arg(long)]
+    pub wait_for_client: bool,
+
+    /// Pacing step in milliseconds: how often meters catch up with the wall clock
+    #[arg(long, value_name = "MS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub step_ms: u64,
+}
+
+impl MeterArgs {
+    /// The scenario path, however it was given.
+    pub fn scenario_path(&self) -> Option<&PathBuf> {
+        self.scenario.as_ref().or(self.scenario_flag.as_ref())
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -150,6 +214,54 @@ mod tests {
         assert!(FilterArgs { tags: vec![] }.accepts(&[]));
         assert_eq!(run.seed, None);
         assert_eq!(run.jobs, None);
+    }
+
+    #[test]
+    fn meter_arguments() {
+        let cli = Cli::try_parse_from([
+            "gridloop",
+            "meter",
+            "s.yaml",
+            "--listen",
+            "127.0.0.1:0",
+            "--units",
+            "2",
+        ])
+        .unwrap();
+        let Command::Meter(m) = cli.command else {
+            panic!("not meter")
+        };
+        assert_eq!(m.scenario_path(), Some(&PathBuf::from("s.yaml")));
+        assert_eq!(m.listen.port(), 0);
+        assert_eq!(m.units, 2);
+        let cli = Cli::try_parse_from([
+            "gridloop",
+            "meter",
+            "--scenario",
+            "s.yaml",
+            "--modbus",
+            "127.0.0.1:1502",
+        ])
+        .unwrap();
+        let Command::Meter(m) = cli.command else {
+            panic!("not meter")
+        };
+        assert_eq!(m.scenario_path(), Some(&PathBuf::from("s.yaml")));
+        assert_eq!(m.listen.port(), 1502);
+        assert_eq!(m.units, 1);
+        for argv in [
+            &["gridloop", "meter"][..],
+            &["gridloop", "meter", "s.yaml", "--units", "0"],
+            &["gridloop", "meter", "s.yaml", "--units", "248"],
+            &["gridloop", "meter", "s.yaml", "--listen", "nowhere"],
+            &["gridloop", "meter", "s.yaml", "--scenario", "t.yaml"],
+        ] {
+            assert_eq!(
+                Cli::try_parse_from(argv).unwrap_err().exit_code(),
+                2,
+                "{argv:?}"
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod exit;
 pub mod export;
 pub mod load;
+pub mod meter;
 pub mod report_dir;
 pub mod run;
 
@@ -38,6 +39,7 @@ pub fn main() -> ExitCode {
         Command::List(args) => commands::list(args),
         Command::Schema => commands::schema(),
         Command::Export(args) => export::export(args),
+        Command::Meter(args) => meter::meter(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

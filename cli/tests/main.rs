@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use gridloop::exit;
 
 mod export;
+mod meter;
 mod report;
 
 fn gridloop(args: &[&str]) -> Output {

@@ -145,7 +145,9 @@ pub fn attribution_lag(scenario: &Scenario) -> Seconds {
     2.0 / scenario.grid.frequency
 }
 
-fn resolved_disturbances(scenario: &Scenario, group: usize) -> Vec<Disturbance> {
+/// The disturbances that apply to `group`, with point-on-wave onsets resolved: what the
+/// group's supply model is built from.
+pub fn resolved_disturbances(scenario: &Scenario, group: usize) -> Vec<Disturbance> {
     let mut ds: Vec<Disturbance> = scenario
         .disturbances
         .iter()
@@ -178,7 +180,9 @@ pub fn probe_synthesizer(scenario: &Scenario, group: usize) -> Synthesizer {
 }
 
 /// Deterministic per-meter seed: SplitMix64 of the scenario seed, the meter id and a stream tag.
-fn derive_seed(seed: u64, meter: u32, stream: u64) -> u64 {
+/// Stream 1 seeds a meter's supply noise and stream 2 its link; live meters use the same, so a
+/// meter served over Modbus sees the waveform sim mode simulated for it.
+pub fn derive_seed(seed: u64, meter: u32, stream: u64) -> u64 {
     let mut z = seed
         ^ (u64::from(meter).wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);

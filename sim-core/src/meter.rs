@@ -89,6 +89,17 @@ impl HysteresisTrip {
         &self.t
     }
 
+    /// Replace the limits (a settings write). The trip state is kept: the next value is judged
+    /// against the new limits. A run towards `min_duration` restarts, since its condition
+    /// changed. Setting the same limits again changes nothing (idempotent).
+    pub fn set_thresholds(&mut self, t: Thresholds) {
+        if t != self.t {
+            self.t = t;
+            self.uv_onset = None;
+            self.ov_onset = None;
+        }
+    }
+
     /// Feed one Urms(1/2) value at time `t`; returns a trip or clear code when the state changes.
     ///
     /// A value that jumps straight from under- to over-voltage (or back) returns the clear; the
@@ -304,6 +315,15 @@ impl Meter {
 
     pub fn config(&self) -> &MeterConfig {
         &self.cfg
+    }
+
+    /// Replace every phase's limits (see [`HysteresisTrip::set_thresholds`]); later events
+    /// report the new limits. Idempotent.
+    pub fn set_thresholds(&mut self, t: Thresholds) {
+        self.cfg.thresholds = t;
+        for trip in &mut self.trips {
+            trip.set_thresholds(t);
+        }
     }
 
     fn emit(&mut self, source_time: Seconds, payload: Payload) {
@@ -613,6 +633,32 @@ mod tests {
         assert_eq!(trip.update(0.1, 260.0), None);
         assert_eq!(trip.update(0.2, 260.0), None);
         assert_eq!(trip.update(0.1 + 0.3, 260.0), Some(EventCode::OvTrip));
+    }
+
+    #[test]
+    fn set_thresholds_keeps_state_and_is_idempotent() {
+        let mut trip = HysteresisTrip::new(spec_thresholds());
+        assert_eq!(trip.update(0.01, 205.0), Some(EventCode::UvTrip));
+        // Lowering the limit below the value does not clear by itself: the clear needs
+        // v >= lower + hysteresis under the new limits (200 + 2).
+        let lower = Thresholds {
+            lower: 200.0,
+            ..spec_thresholds()
+        };
+        trip.set_thresholds(lower);
+        trip.set_thresholds(lower);
+        assert_eq!(trip.state(), Some(EventCode::UvTrip));
+        assert_eq!(trip.update(0.02, 201.0), None);
+        assert_eq!(trip.update(0.03, 202.0), Some(EventCode::UvClear));
+        assert_eq!(trip.update(0.04, 205.0), None);
+        assert_eq!(trip.thresholds().lower, 200.0);
+
+        let mut m = Meter::new(config(16, RbeSpec::default()));
+        m.set_thresholds(lower);
+        m.on_measure(&urms(0, 1.0, 199.0));
+        assert_eq!(m.event_log()[0].1.limit, 200.0);
+        assert_eq!(m.config().thresholds, lower);
+        assert_eq!(m.trip_state(0), Some(EventCode::UvTrip));
     }
 
     #[test]

@@ -1,0 +1,239 @@
+//! `gridloop meter`: serve a scenario's meter(s) over Modbus/TCP in real time until the
+//! scenario ends (plus `--linger`) or Ctrl-C.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sim_core::Scenario;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+use virtual_meter::pacing::{run_paced, PacingStats};
+use virtual_meter::registers::{parse_encoding, MapOptions, RegisterMap};
+use virtual_meter::service::serve_notify;
+use virtual_meter::{LiveMeter, MeterRef, SharedMeter, Units};
+
+use crate::args::MeterArgs;
+use crate::exit::{CommandResult, Failure, OrExit, ENVIRONMENT, INVALID_INPUT, SUCCESS};
+use crate::load;
+
+/// Run the command.
+pub fn meter(args: &MeterArgs) -> CommandResult {
+    let path: PathBuf = args
+        .scenario_path()
+        .cloned()
+        .ok_or_else(|| Failure::msg(INVALID_INPUT, "no scenario given"))?;
+    let mut loaded = load::load_valid(std::slice::from_ref(&path))?;
+    if loaded.len() != 1 {
+        return Err(Failure::msg(
+            INVALID_INPUT,
+            format!(
+                "{} holds {} scenarios; give one file",
+                path.display(),
+                loaded.len()
+            ),
+        ));
+    }
+    let scenario = loaded.remove(0).scenario;
+    let plan = Plan::new(&scenario, args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .or_exit(ENVIRONMENT, || "cannot start the tokio runtime".into())?;
+    runtime.block_on(serve_scenario(&scenario, args, plan))
+}
+
+/// Everything decided before anything starts.
+#[derive(Debug)]
+struct Plan {
+    group: usize,
+    map: Arc<RegisterMap>,
+    end: f64,
+    linger: Duration,
+}
+
+impl Plan {
+    fn new(scenario: &Scenario, args: &MeterArgs) -> Result<Plan, Failure> {
+        let group = match &args.group {
+            None => 0,
+            Some(name) => scenario
+                .groups
+                .iter()
+                .position(|g| &g.name == name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> =
+                        scenario.groups.iter().map(|g| g.name.as_str()).collect();
+                    Failure::msg(
+                        INVALID_INPUT,
+                        format!(
+                            "no group `{name}` in the scenario (groups: {})",
+                            names.join(", ")
+                        ),
+                    )
+                })?,
+        };
+        let Some(g) = scenario.groups.get(group) else {
+            return Err(Failure::msg(
+                INVALID_INPUT,
+                "the scenario has no meter group",
+            ));
+        };
+        if u32::from(args.units) > g.count {
+            return Err(Failure::msg(
+                INVALID_INPUT,
+                format!(
+                    "--units {} but group `{}` has {} meters",
+                    args.units, g.name, g.count
+                ),
+            ));
+        }
+        let analog = match &args.encoding {
+            None => g.registers,
+            Some(text) => parse_encoding(text).ok_or_else(|| {
+                Failure::msg(
+                    INVALID_INPUT,
+                    format!(
+                        "bad --encoding `{text}`: expected float32[:ORDER], int16:SCALE or \
+                         uint32:SCALE[:ORDER] (ORDER: abcd, cdab, badc, dcba)"
+                    ),
+                )
+            })?,
+        };
+        let options = MapOptions::with_analog(analog);
+        let map = match &args.map {
+            None => RegisterMap::default_map(options),
+            Some(file) => {
+                RegisterMap::load_conf(file, options).map_err(|e| Failure::new(INVALID_INPUT, e))?
+            }
+        };
+        let seconds = |flag: &str, text: &Option<String>| -> Result<Option<f64>, Failure> {
+            text.as_deref()
+                .map(|t| {
+                    scenarios::duration::parse_duration(t)
+                        .map(|d| d.seconds(scenario.grid.frequency))
+                        .map_err(|e| Failure::msg(INVALID_INPUT, format!("{flag}: {e}")))
+                })
+                .transpose()
+        };
+        let end = seconds("--duration", &args.duration)?
+            .map_or(scenario.duration, |d| d.min(scenario.duration));
+        let linger = Duration::from_secs_f64(seconds("--linger", &args.linger)?.unwrap_or(0.0));
+        Ok(Plan {
+            group,
+            map: Arc::new(map),
+            end,
+            linger,
+        })
+    }
+}
+
+async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> CommandResult {
+    let meters: Vec<SharedMeter> = (0..u32::from(args.units))
+        .map(|index| {
+            let which = MeterRef {
+                group: plan.group,
+                index,
+            };
+            Arc::new(Mutex::new(LiveMeter::new(
+                scenario,
+                which,
+                plan.map.clone(),
+            )))
+        })
+        .collect();
+    let units = if meters.len() == 1 {
+        Units::Single(meters[0].clone())
+    } else {
+        Units::Gateway(meters.clone())
+    };
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .or_exit(ENVIRONMENT, || format!("cannot listen on {}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .or_exit(ENVIRONMENT, || "cannot read the bound address".into())?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let connected = Arc::new(Notify::new());
+    let server = tokio::spawn(serve_notify(
+        listener,
+        Arc::new(units),
+        Box::pin(async move {
+            let _ = stop_rx.await;
+        }),
+        Some(connected.clone()),
+    ));
+    {
+        let group = &scenario.groups[plan.group].name;
+        let who = if meters.len() == 1 {
+            format!("meter {group}/0 (any unit id)")
+        } else {
+            format!(
+                "{} meters of {group} as unit ids 1..={}",
+                meters.len(),
+                meters.len()
+            )
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "modbus listening on {addr}: {who}, scenario {}",
+            scenario.name
+        )
+        .and_then(|()| out.flush())
+        .or_exit(ENVIRONMENT, || "cannot write to stdout".into())?;
+    }
+
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut interrupted = false;
+    if args.wait_for_client {
+        tokio::select! {
+            () = connected.notified() => {}
+            _ = &mut ctrl_c => interrupted = true,
+        }
+    }
+    let mut stats = PacingStats::default();
+    if !interrupted {
+        let step = Duration::from_millis(args.step_ms);
+        tokio::select! {
+            () = run_paced(&meters, Instant::now(), step, plan.end, &mut stats) => {}
+            _ = &mut ctrl_c => interrupted = true,
+        }
+    }
+    if !interrupted && !plan.linger.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(plan.linger) => {}
+            _ = &mut ctrl_c => {}
+        }
+    }
+    let _ = stop_tx.send(());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(Failure::new(ENVIRONMENT, e)),
+        Err(e) => {
+            return Err(Failure::msg(
+                ENVIRONMENT,
+                format!("modbus server failed: {e}"),
+            ))
+        }
+    }
+    let trips: u64 = meters
+        .iter()
+        .filter_map(|m| m.lock().ok().map(|m| m.image().state().trip_count))
+        .sum();
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "{}: grid time {:.3} s in {} steps, {} overruns (longest step {:.2} ms), {} trips",
+        if interrupted { "interrupted" } else { "done" },
+        stats.sim_time,
+        stats.steps,
+        stats.overruns,
+        stats.max_step_work.as_secs_f64() * 1e3,
+        trips
+    );
+    Ok(SUCCESS)
+}

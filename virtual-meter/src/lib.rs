@@ -1,0 +1,22 @@
+//! Virtual meters on the wire: a sim-core meter, paced in real time, served over Modbus/TCP
+//! through tokio-modbus's server `Service`.
+//!
+//! - [`registers`]: the register map (default map, `register_map.conf` loader).
+//! - [`image`]: [`image::MeterImage`], the meter's registers as a pure function of its state.
+//! - [`live`]: [`live::LiveMeter`], one scenario meter (synthesis → measurement → meter logic)
+//!   feeding its image; sans-io, advanced by the caller.
+//! - [`service`]: the tokio-modbus `Service` (single meter or gateway of unit ids), FC43.
+//! - [`pacing`]: the real-time loop on tokio's clock.
+//!
+//! Only `pacing` and `service` know about tokio; nothing here reads YAML or prints.
+
+pub mod image;
+pub mod live;
+pub mod pacing;
+pub mod registers;
+pub mod service;
+
+pub use image::{DeviceIdentity, MeterImage, Refusal, Settings};
+pub use live::{LiveMeter, MeterRef};
+pub use registers::{MapOptions, Point, RegisterMap};
+pub use service::{MeterService, SharedMeter, Units};

@@ -1,0 +1,289 @@
+//! `LiveMeter`: one scenario meter (supply model → waveform or `rms` fidelity → measurement →
+//! sim-core meter) whose register image follows it. Still sans-io: the caller says how far to
+//! advance; [`crate::pacing`] ties that to the clock.
+
+use std::sync::Arc;
+
+use sim_core::harness::{derive_seed, resolved_disturbances};
+use sim_core::measure::{Aggregator, MeasureConfig, MeasureEvent, Measurement};
+use sim_core::meter::{self, Meter, MeterConfig};
+use sim_core::rms_model::RmsFidelity;
+use sim_core::scenario::{Fidelity, FrontEnd};
+use sim_core::synth::{SampleBlock, SupplyModel, Synthesizer};
+use sim_core::{Scenario, Seconds};
+
+use crate::image::{DeviceIdentity, MeterImage, Refusal, Settings};
+use crate::registers::RegisterMap;
+
+/// Most samples per channel synthesized at once (the harness's block size).
+const BLOCK: usize = 4096;
+/// Longest stretch of grid time the `rms` fidelity advances at once.
+const RMS_STEP: Seconds = 0.25;
+
+/// Which meter of a scenario to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeterRef {
+    /// Index of the group in `scenario.groups`.
+    pub group: usize,
+    /// Index of the meter within the group.
+    pub index: u32,
+}
+
+impl MeterRef {
+    /// The fleet-wide meter id sim mode gives this meter (groups numbered in file order).
+    pub fn id(self, scenario: &Scenario) -> u32 {
+        let before: u32 = scenario.groups[..self.group.min(scenario.groups.len())]
+            .iter()
+            .map(|g| g.count)
+            .sum();
+        before + self.index
+    }
+}
+
+#[derive(Debug)]
+enum Source {
+    Waveform {
+        synth: Box<Synthesizer>,
+        measurement: Box<Measurement>,
+        block: SampleBlock,
+        /// Samples per channel in the whole scenario.
+        total: u64,
+        /// Samples per channel synthesized so far.
+        done: u64,
+    },
+    Rms {
+        rms: Box<RmsFidelity>,
+        aggregator: Box<Aggregator>,
+        front: Vec<MeasureEvent>,
+    },
+}
+
+/// One meter running its scenario, with its register image.
+#[derive(Debug)]
+pub struct LiveMeter {
+    name: String,
+    duration: Seconds,
+    sample_rate: f64,
+    source: Source,
+    front_end: FrontEnd,
+    meter: Meter,
+    image: MeterImage,
+    events: Vec<MeasureEvent>,
+    /// Grid time simulated so far.
+    t: Seconds,
+    finished: bool,
+    /// Messages the meter produced (drained: this slice has no MQTT yet).
+    drained: u64,
+}
+
+impl LiveMeter {
+    /// Meter `which` of `scenario`, serving `map`. Same seeds as sim mode, so its waveform and
+    /// trips are the ones `gridloop run` simulates for it.
+    pub fn new(scenario: &Scenario, which: MeterRef, map: Arc<RegisterMap>) -> LiveMeter {
+        let group = &scenario.groups[which.group];
+        let id = which.id(scenario);
+        let channels = scenario.grid.channels();
+        let cfg = MeasureConfig {
+            nominal: scenario.grid.nominal,
+            frequency: scenario.grid.frequency,
+            sample_rate: scenario.grid.sample_rate,
+            channels,
+            thd: true,
+            power: scenario.grid.load.is_some(),
+            pq: scenario.pq,
+        };
+        let model = SupplyModel::new(&scenario.grid, resolved_disturbances(scenario, which.group));
+        let seed = derive_seed(scenario.seed, id, 1);
+        let source = match group.fidelity {
+            Fidelity::Waveform => Source::Waveform {
+                synth: Box::new(Synthesizer::new(model, seed)),
+                measurement: Box::new(Measurement::new(&cfg)),
+                block: SampleBlock::new(channels, BLOCK, cfg.sample_rate, cfg.power),
+                total: (scenario.duration * scenario.grid.sample_rate).round() as u64,
+                done: 0,
+            },
+            Fidelity::Rms => Source::Rms {
+                rms: Box::new(RmsFidelity::new(model, &cfg, seed)),
+                aggregator: Box::new(Aggregator::new(&cfg)),
+                front: Vec::new(),
+            },
+        };
+        let meter = Meter::new(MeterConfig {
+            id,
+            channels,
+            thresholds: group.thresholds,
+            rbe: group.rbe,
+            buffer_capacity: group.buffer_capacity,
+        });
+        let name = format!("{}/{}", group.name, which.index);
+        let settings = Settings {
+            thresholds: group.thresholds,
+            gains: group.front_end.gain,
+        };
+        let image = MeterImage::new(
+            map,
+            DeviceIdentity::gridloop(&name),
+            channels,
+            scenario.grid.nominal,
+            scenario.grid.load,
+            settings,
+        );
+        LiveMeter {
+            name,
+            duration: scenario.duration,
+            sample_rate: scenario.grid.sample_rate,
+            source,
+            front_end: group.front_end,
+            meter,
+            image,
+            events: Vec::with_capacity(256),
+            t: 0.0,
+            finished: false,
+            drained: 0,
+        }
+    }
+
+    /// `group/index`, e.g. `feeder-a/0`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Grid time simulated so far.
+    pub fn time(&self) -> Seconds {
+        self.t
+    }
+
+    pub fn duration(&self) -> Seconds {
+        self.duration
+    }
+
+    /// The scenario has been simulated to its end.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    pub fn image(&self) -> &MeterImage {
+        &self.image
+    }
+
+    pub fn meter(&self) -> &Meter {
+        &self.meter
+    }
+
+    /// Messages the meter produced so far.
+    pub fn produced(&self) -> u64 {
+        self.drained
+    }
+
+    /// Simulate grid time up to `until` (clamped to the scenario's end; finishing it there).
+    /// Results do not depend on how the time is split into calls.
+    pub fn advance_to(&mut self, until: Seconds) {
+        if self.finished {
+            return;
+        }
+        let until = until.min(self.duration);
+        match &mut self.source {
+            Source::Waveform {
+                synth,
+                measurement,
+                block,
+                total,
+                done,
+            } => {
+                let target = ((until * self.sample_rate).floor() as u64).min(*total);
+                while *done < target {
+                    let n = (target - *done).min(BLOCK as u64) as usize;
+                    synth.fill(block, n);
+                    if self.front_end != FrontEnd::default() {
+                        meter::apply_front_end(&self.front_end, block, n);
+                    }
+                    self.events.clear();
+                    measurement.push(block, &mut self.events);
+                    *done += n as u64;
+                    feed(&mut self.events, &mut self.meter, &mut self.image);
+                }
+            }
+            Source::Rms {
+                rms,
+                aggregator,
+                front,
+            } => {
+                let mut t = self.t;
+                while t < until {
+                    let step_end = (t + RMS_STEP).min(until);
+                    front.clear();
+                    rms.advance(step_end, front);
+                    self.events.clear();
+                    for ev in front.drain(..) {
+                        if let MeasureEvent::HalfCycle {
+                            ch,
+                            t_start,
+                            t_end,
+                            ms,
+                        } = ev
+                        {
+                            let ms = meter::front_end_ms(&self.front_end, ch, ms);
+                            self.events.push(MeasureEvent::HalfCycle {
+                                ch,
+                                t_start,
+                                t_end,
+                                ms,
+                            });
+                            aggregator.push_half_cycle(ch, t_start, t_end, ms, &mut self.events);
+                        } else {
+                            self.events.push(ev);
+                        }
+                    }
+                    feed(&mut self.events, &mut self.meter, &mut self.image);
+                    t = step_end;
+                }
+            }
+        }
+        self.t = self.t.max(until);
+        if self.t >= self.duration {
+            self.finish();
+        }
+        self.meter.advance(self.t);
+        self.image.on_meter(&self.meter, self.t);
+        while self.meter.poll_transmit().is_some() {
+            self.drained += 1;
+        }
+    }
+
+    fn finish(&mut self) {
+        self.events.clear();
+        match &mut self.source {
+            Source::Waveform { measurement, .. } => {
+                measurement.finish(self.duration, &mut self.events)
+            }
+            Source::Rms { aggregator, .. } => aggregator.finish(self.duration, &mut self.events),
+        }
+        feed(&mut self.events, &mut self.meter, &mut self.image);
+        self.finished = true;
+    }
+
+    /// FC03/FC04 on this meter's image.
+    pub fn read(&self, address: u16, quantity: u16) -> Result<Vec<u16>, Refusal> {
+        self.image.read(address, quantity)
+    }
+
+    /// FC06/FC16: validate and apply; thresholds go to the meter's `HysteresisTrip`s and gains
+    /// to its front end. Idempotent: the same write twice changes nothing the second time.
+    pub fn write(&mut self, address: u16, values: &[u16]) -> Result<(), Refusal> {
+        if self.image.write(address, values)? {
+            let s = self.image.settings();
+            self.meter.set_thresholds(s.thresholds);
+            self.front_end.gain = s.gains;
+        }
+        Ok(())
+    }
+}
+
+/// Hand measurement events to the meter and the image in time order.
+fn feed(events: &mut [MeasureEvent], meter: &mut Meter, image: &mut MeterImage) {
+    events.sort_by(|a, b| a.time().total_cmp(&b.time()));
+    for ev in events.iter() {
+        meter.on_measure(ev);
+        image.on_measure(ev);
+    }
+}

@@ -1,0 +1,226 @@
+//! The Modbus/TCP face of the meters: a `tokio_modbus::server::Service` that maps each unit id
+//! to its meter (one meter answering every unit id, or a gateway of many), plus the pure
+//! request handler and FC43 / MEI 14 device identification it uses.
+
+use std::future::{ready, Ready};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
+use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+
+use crate::image::{DeviceIdentity, Refusal};
+use crate::live::LiveMeter;
+
+/// A meter shared between the pacing loop and the connections serving it.
+pub type SharedMeter = Arc<Mutex<LiveMeter>>;
+
+/// Function code of Encapsulated Interface Transport (FC43).
+pub const FC_ENCAPSULATED: u8 = 0x2B;
+/// MEI type of Read Device Identification.
+pub const MEI_READ_DEVICE_ID: u8 = 0x0E;
+/// Conformity level: regular identification, stream and individual access.
+pub const CONFORMITY: u8 = 0x82;
+
+impl From<Refusal> for ExceptionCode {
+    fn from(r: Refusal) -> ExceptionCode {
+        match r {
+            Refusal::IllegalDataAddress => ExceptionCode::IllegalDataAddress,
+            Refusal::IllegalDataValue => ExceptionCode::IllegalDataValue,
+        }
+    }
+}
+
+/// Which meter answers which unit id.
+#[derive(Debug, Clone)]
+pub enum Units {
+    /// One meter behind its own listener: it answers every unit id (0, 1 and 255 are all
+    /// common for Modbus/TCP devices).
+    Single(SharedMeter),
+    /// A gateway: unit id `i` is `meters[i - 1]` (ids 1..=247). Requests for any other id get
+    /// exception 0x0B (Gateway Target Device Failed to Respond).
+    Gateway(Vec<SharedMeter>),
+}
+
+impl Units {
+    /// The meter for `unit`, if any.
+    pub fn get(&self, unit: u8) -> Option<&SharedMeter> {
+        match self {
+            Units::Single(m) => Some(m),
+            Units::Gateway(ms) => usize::from(unit).checked_sub(1).and_then(|i| ms.get(i)),
+        }
+    }
+
+    /// Every meter, in unit-id order.
+    pub fn meters(&self) -> Vec<SharedMeter> {
+        match self {
+            Units::Single(m) => vec![m.clone()],
+            Units::Gateway(ms) => ms.clone(),
+        }
+    }
+}
+
+/// The tokio-modbus service: one per connection, sharing the meters.
+#[derive(Debug, Clone)]
+pub struct MeterService {
+    units: Arc<Units>,
+}
+
+impl MeterService {
+    pub fn new(units: Arc<Units>) -> MeterService {
+        MeterService { units }
+    }
+}
+
+impl tokio_modbus::server::Service for MeterService {
+    type Request = SlaveRequest<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = Ready<Result<Response, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        let Some(meter) = self.units.get(req.slave) else {
+            return ready(Err(ExceptionCode::GatewayTargetDevice));
+        };
+        let Ok(mut meter) = meter.lock() else {
+            // A panic while holding the meter: report a device failure, keep serving others.
+            return ready(Err(ExceptionCode::ServerDeviceFailure));
+        };
+        ready(handle(&mut meter, req.request))
+    }
+}
+
+/// Answer one request from `meter`'s image: FC03/FC04 read, FC06/FC16 write, FC43/MEI 14
+/// device identification; anything else is Illegal Function.
+pub fn handle(meter: &mut LiveMeter, req: Request<'_>) -> Result<Response, ExceptionCode> {
+    match req {
+        Request::ReadHoldingRegisters(addr, qty) => {
+            Ok(Response::ReadHoldingRegisters(meter.read(addr, qty)?))
+        }
+        Request::ReadInputRegisters(addr, qty) => {
+            Ok(Response::ReadInputRegisters(meter.read(addr, qty)?))
+        }
+        Request::WriteSingleRegister(addr, value) => {
+            meter.write(addr, &[value])?;
+            Ok(Response::WriteSingleRegister(addr, value))
+        }
+        Request::WriteMultipleRegisters(addr, values) => {
+            meter.write(addr, &values)?;
+            Ok(Response::WriteMultipleRegisters(addr, values.len() as u16))
+        }
+        Request::Custom(FC_ENCAPSULATED, data) => {
+            let body = read_device_identification(meter.image().identity(), &data)?;
+            Ok(Response::Custom(FC_ENCAPSULATED, body.into()))
+        }
+        _ => Err(ExceptionCode::IllegalFunction),
+    }
+}
+
+/// The identification objects in id order: 0–2 basic, 3–5 regular.
+fn objects(id: &DeviceIdentity) -> [&str; 6] {
+    [
+        &id.vendor,
+        &id.product_code,
+        &id.revision,
+        &id.vendor_url,
+        &id.product_name,
+        &id.model_name,
+    ]
+}
+
+/// FC43 / MEI 14 Read Device Identification. `data` is the request after the function code:
+/// MEI type, read device id code (1 basic, 2 regular, 3 extended = regular here, 4 one
+/// object) and object id. Returns the response after the function code.
+pub fn read_device_identification(
+    identity: &DeviceIdentity,
+    data: &[u8],
+) -> Result<Vec<u8>, ExceptionCode> {
+    // Room for objects in a 253-byte PDU: function code + 6 header bytes.
+    const ROOM: usize = 253 - 1 - 6;
+    // An object longer than this is cut so that any one object fits in a response.
+    const MAX_OBJECT: usize = ROOM - 2;
+    let &[mei, code, object_id] = data else {
+        return Err(if data.first() == Some(&MEI_READ_DEVICE_ID) {
+            ExceptionCode::IllegalDataValue
+        } else {
+            ExceptionCode::IllegalFunction
+        });
+    };
+    if mei != MEI_READ_DEVICE_ID {
+        return Err(ExceptionCode::IllegalFunction);
+    }
+    let objs = objects(identity);
+    let last = match code {
+        1 => 2,
+        2 | 3 => 5,
+        4 => {
+            if usize::from(object_id) >= objs.len() {
+                return Err(ExceptionCode::IllegalDataAddress);
+            }
+            usize::from(object_id)
+        }
+        _ => return Err(ExceptionCode::IllegalDataValue),
+    };
+    // Streams restart at object 0 when asked for an object they do not hold.
+    let first = match code {
+        4 => usize::from(object_id),
+        _ if usize::from(object_id) <= last => usize::from(object_id),
+        _ => 0,
+    };
+    let mut out = vec![MEI_READ_DEVICE_ID, code, CONFORMITY, 0x00, 0x00, 0];
+    let mut used = 0;
+    let mut count = 0_u8;
+    for (i, text) in objs.iter().enumerate().take(last + 1).skip(first) {
+        let bytes = &text.as_bytes()[..text.len().min(MAX_OBJECT)];
+        if used + 2 + bytes.len() > ROOM {
+            out[3] = 0xFF; // more follows
+            out[4] = i as u8; // next object id
+            break;
+        }
+        out.push(i as u8);
+        out.push(bytes.len() as u8);
+        out.extend_from_slice(bytes);
+        used += 2 + bytes.len();
+        count += 1;
+    }
+    out[5] = count;
+    Ok(out)
+}
+
+/// Serve `units` on `listener` until the future `stop` completes. Errors of single
+/// connections (garbage, a dropped socket) end that connection only.
+pub async fn serve(
+    listener: TcpListener,
+    units: Arc<Units>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + Unpin + 'static,
+) -> io::Result<()> {
+    serve_notify(listener, units, stop, None).await
+}
+
+/// [`serve`], notifying `connected` on every accepted connection (a permit is stored, so a
+/// waiter that arrives later still sees the first one).
+pub async fn serve_notify(
+    listener: TcpListener,
+    units: Arc<Units>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + Unpin + 'static,
+    connected: Option<Arc<Notify>>,
+) -> io::Result<()> {
+    let server = Server::new(listener);
+    let service = MeterService::new(units);
+    let new_service = move |_addr: SocketAddr| Ok(Some(service.clone()));
+    let on_connected = move |stream, addr| {
+        if let Some(n) = &connected {
+            n.notify_one();
+        }
+        let new_service = new_service.clone();
+        async move { accept_tcp_connection(stream, addr, new_service) }
+    };
+    let on_process_error = |err: io::Error| tracing::debug!("modbus connection closed: {err}");
+    server
+        .serve_until(&on_connected, on_process_error, stop)
+        .await
+        .map(|_| ())
+}
