@@ -39,6 +39,8 @@ const SLICE: Seconds = 10.0;
 /// message with an earlier delivery time by the time it has been advanced to the slice end
 /// (measurement holds events back by at most ~1.3 half cycles).
 const SLICE_MARGIN: Seconds = 1.0;
+// Slices must not move the rms fidelity's step boundaries: 10 s is 40 steps of 0.25 s.
+const _: () = assert!(SLICE / RMS_STEP == 40.0);
 
 /// A value the expectations want from a group's probe meter (meter 0).
 #[derive(Debug, Clone, PartialEq)]
@@ -197,6 +199,16 @@ pub fn derive_seed(seed: u64, meter: u32, stream: u64) -> u64 {
 /// delivery that is final, in (delivery time, meter, seq) order — the same order a single sort
 /// of the whole run would give, with memory bounded by one slice.
 pub fn simulate(scenario: &Scenario) -> Observations {
+    simulate_in_slices(scenario, SLICE)
+}
+
+/// [`simulate`] with a given slice length (a whole number of `rms` steps). The result does not
+/// depend on it; tests check that.
+pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
+    debug_assert!(
+        slice > 0.0 && (slice / RMS_STEP).fract() == 0.0,
+        "a slice is a whole number of rms steps, so step boundaries do not move"
+    );
     let mut sims: Vec<MeterSim> = Vec::new();
     let mut next_id = 0_u32;
     let group_models: Vec<SupplyModel> = (0..scenario.groups.len())
@@ -223,8 +235,9 @@ pub fn simulate(scenario: &Scenario) -> Observations {
         .peekable();
     let mut pending: Vec<(Seconds, Message)> = Vec::new();
     let mut t = 0.0;
+    let mut ingested_up_to = f64::NEG_INFINITY;
     loop {
-        let until = (t + SLICE).min(scenario.duration);
+        let until = (t + slice).min(scenario.duration);
         let last = until >= scenario.duration;
         sims.par_iter_mut().for_each(|sim| {
             sim.advance_to(until);
@@ -233,6 +246,12 @@ pub fn simulate(scenario: &Scenario) -> Observations {
             }
         });
         for sim in &mut sims {
+            // Ingestion order equals a single sort of the whole run only if nothing new lands
+            // at or before what was already ingested.
+            debug_assert!(
+                sim.sink.deliveries.iter().all(|(d, _)| *d > ingested_up_to),
+                "a delivery at or before the last ingested horizon {ingested_up_to}"
+            );
             pending.append(&mut sim.sink.deliveries);
         }
         pending.sort_by(|a, b| {
@@ -246,6 +265,7 @@ pub fn simulate(scenario: &Scenario) -> Observations {
             until - SLICE_MARGIN
         };
         let ready = pending.partition_point(|(d, _)| *d <= horizon);
+        ingested_up_to = horizon;
         for (d, msg) in pending.drain(..ready) {
             while let Some(check) = stale_checks.next_if(|c| *c <= d) {
                 head_end.check_stale(check);

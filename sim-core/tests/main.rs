@@ -383,3 +383,53 @@ fn probe_synthesizer_matches_the_group_and_its_probe_meter() {
     assert!(a[0][k].abs() > 0.0 && (a[0][k] - want[0][k]).abs() > 1.0);
     assert_ne!(a[1][..100], c[1][..100]);
 }
+
+#[test]
+fn slice_length_does_not_change_the_result() {
+    // Waveform and rms meters, an outage across slice edges, QoS-1 loss and jitter: everything
+    // that crosses a slice boundary.
+    let mut s = scenario(
+        vec![
+            group("w", 2, Fidelity::Waveform),
+            group("r", 3, Fidelity::Rms),
+        ],
+        vec![
+            sag(3.2, &[Phase::L1], 0.6, 0.3),
+            sag(7.9, &[Phase::L3], 0.5, 1.4),
+        ],
+        12.0,
+    );
+    for g in &mut s.groups {
+        g.rbe = RbeSpec {
+            delta: None,
+            heartbeat: 60.0,
+            interval: 0.1,
+        };
+        g.buffer_capacity = 25;
+        g.link = LinkSpec {
+            latency: 0.03,
+            jitter: 0.02,
+            loss: 0.2,
+            retry: 0.4,
+        };
+    }
+    s.network.push(NetworkEvent {
+        at: 4.9,
+        duration: 4.3,
+        groups: vec![],
+        kind: NetworkEventKind::RfLoss,
+    });
+    let reference = harness::simulate_in_slices(&s, 1e6);
+    assert!(
+        reference.stats.overflowed > 0 && reference.stats.duplicates > 0,
+        "{:?}",
+        reference.stats
+    );
+    for slice in [0.25, 0.5, 2.0, 10.0] {
+        assert_eq!(
+            harness::simulate_in_slices(&s, slice),
+            reference,
+            "slice {slice} s"
+        );
+    }
+}
