@@ -119,23 +119,44 @@ pub fn run_command(summary: &RunSummary) -> String {
     if let Some(command) = &summary.command {
         return command.clone();
     }
-    let mut words = vec!["gridloop".to_owned(), "run".to_owned()];
+    let mut files: Vec<String> = Vec::new();
     for o in &summary.outcomes {
         let file = shell_quote(&o.file);
-        if !words[2..].contains(&file) {
-            words.push(file);
+        if !files.contains(&file) {
+            files.push(file);
         }
     }
-    if let Some(seed) = summary.seed_override {
-        words.push("--seed".to_owned());
-        words.push(seed.to_string());
-    }
-    words.join(" ")
+    let dashed = summary.outcomes.iter().any(|o| o.file.starts_with('-'));
+    let seed = summary
+        .seed_override
+        .map(|s| format!("--seed {s}"))
+        .unwrap_or_default();
+    run_words(&files, &seed, dashed)
 }
 
 /// The command that repeats one scenario exactly: its file with the seed it ran with.
 pub fn scenario_command(o: &ScenarioOutcome) -> String {
-    format!("gridloop run {} --seed {}", shell_quote(&o.file), o.seed)
+    run_words(
+        &[shell_quote(&o.file)],
+        &format!("--seed {}", o.seed),
+        o.file.starts_with('-'),
+    )
+}
+
+/// `gridloop run FILES… FLAGS`; when a file starts with `-` (it would be read as a flag):
+/// `gridloop run FLAGS -- FILES…`.
+fn run_words(files: &[String], flags: &str, dashed: bool) -> String {
+    let mut words = vec!["gridloop", "run"];
+    let files = files.iter().map(String::as_str);
+    if dashed {
+        words.extend(Some(flags).filter(|f| !f.is_empty()));
+        words.push("--");
+        words.extend(files);
+    } else {
+        words.extend(files);
+        words.extend(Some(flags).filter(|f| !f.is_empty()));
+    }
+    words.join(" ")
 }
 
 fn failed_scenario(md: &mut String, o: &ScenarioOutcome) {
@@ -221,16 +242,23 @@ pub fn cell(text: &str) -> String {
 }
 
 /// Text as literal inline Markdown: ASCII punctuation that Markdown or GitHub tables give a
-/// meaning (`|`, `*`, `_`, `` ` ``, `[`, `]`, `<`, `>`, `&`, `~`, `\`, `#`) is backslash-escaped
-/// and line breaks become spaces.
+/// meaning (`|`, `*`, `_`, `` ` ``, `[`, `]`, `<`, `>`, `&`, `~`, `\`, `#`, `$`) is
+/// backslash-escaped and line breaks become spaces. GitHub's own features are kept off too:
+/// a zero-width space (U+200B) follows every `@` (mentions) and `#` (issue references) and
+/// separates a `:` from a letter after it (`:emoji:` shortcodes); `\$` keeps `$…$` from
+/// becoming math.
 pub fn inline(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
         match ch {
-            '\\' | '|' | '*' | '_' | '`' | '[' | ']' | '<' | '>' | '&' | '~' | '#' => {
+            '\\' | '|' | '*' | '_' | '`' | '[' | ']' | '<' | '>' | '&' | '~' | '$' => {
                 out.push('\\');
                 out.push(ch);
             }
+            '#' => out.push_str("\\#\u{200B}"),
+            '@' => out.push_str("@\u{200B}"),
+            ':' if chars.peek().is_some_and(|c| c.is_alphabetic()) => out.push_str(":\u{200B}"),
             '\r' => {}
             '\n' => out.push(' '),
             _ => out.push(ch),
@@ -269,10 +297,11 @@ fn longest_run(text: &str, ch: char) -> usize {
 }
 
 /// `word` quoted for a POSIX shell: unchanged when it holds only characters no shell
-/// interprets, else in single quotes (`'` written as `'\''`).
+/// interprets (and does not start with `=`, which zsh expands), else in single quotes (`'`
+/// written as `'\''`).
 pub fn shell_quote(word: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,+@%^".contains(c);
-    if !word.is_empty() && word.chars().all(plain) {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c);
+    if !word.is_empty() && !word.starts_with('=') && word.chars().all(plain) {
         word.to_owned()
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
@@ -420,6 +449,63 @@ mod tests {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("$HOME"), "'$HOME'");
+        // `=` starts a zsh expansion only at the start of a word; `^` is special in places.
+        assert_eq!(shell_quote("=ls"), "'=ls'");
+        assert_eq!(shell_quote("seed=3"), "seed=3");
+        assert_eq!(shell_quote("a^b.yaml"), "'a^b.yaml'");
+        assert_eq!(shell_quote("-odd.yaml"), "-odd.yaml");
+    }
+
+    #[test]
+    fn reproduce_commands_put_files_starting_with_a_dash_after_double_dash() {
+        let mut o = testdata::failing();
+        o.file = "-odd.yaml".into();
+        assert_eq!(scenario_command(&o), "gridloop run --seed 7 -- -odd.yaml");
+        assert_eq!(
+            run_command(&RunSummary::new(vec![o.clone()], None)),
+            "gridloop run -- -odd.yaml"
+        );
+        assert_eq!(
+            run_command(&RunSummary::new(
+                vec![testdata::passing(), o.clone()],
+                Some(3)
+            )),
+            "gridloop run --seed 3 -- scenarios/library/sag-70pct.yaml -odd.yaml"
+        );
+        let md = render(&RunSummary::new(vec![o], None));
+        assert!(
+            md.contains("Reproduce this scenario: `gridloop run --seed 7 -- -odd.yaml`"),
+            "{md}"
+        );
+        assert!(
+            md.ends_with("Reproduce the run: `gridloop run -- -odd.yaml`\n"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn mentions_references_emoji_and_math_stay_inert() {
+        let zw = '\u{200B}';
+        let mut o = testdata::failing();
+        o.name = "ping @octocat on #123 :tada: for $5 and $x$".into();
+        o.expectations[0].label = "@team:rocket:".into();
+        let md = render(&RunSummary::new(vec![o], None));
+        let name = format!("ping @{zw}octocat on \\#{zw}123 :{zw}tada: for \\$5 and \\$x\\$");
+        assert!(md.contains(&format!("| ❌ | {name} | 1/3 |")), "{md}");
+        assert!(md.contains(&format!("### ❌ {name}\n")), "{md}");
+        assert!(md.contains(&format!("| @{zw}team:{zw}rocket: |")), "{md}");
+        assert!(md.contains(&format!("@{zw}team:{zw}rocket::\n")), "{md}");
+        for raw in ["@octocat", "@team", "#123", ":tada", ":rocket"] {
+            assert!(!md.contains(raw), "{raw}: {md}");
+        }
+        assert_eq!(
+            md.matches('$').count(),
+            6,
+            "3 in the table row, 3 in the heading"
+        );
+        assert_eq!(md.matches("\\$").count(), 6, "every `$` is escaped: {md}");
+        // Only a letter after `:` is separated: times and URLs read as before.
+        assert_eq!(inline("1:30 a::b"), format!("1:30 a::{zw}b"));
     }
 
     #[test]
