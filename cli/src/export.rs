@@ -9,7 +9,6 @@
 //! Timestamps start at the fixed epoch [`reports::comtrade::EPOCH`] = scenario time 0; the
 //! trigger is the first disturbance onset in the window (noise does not count), else the start.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -24,6 +23,7 @@ use sim_core::{Scenario, Seconds};
 
 use crate::exit::{CommandResult, Failure, OrExit, ENVIRONMENT, INVALID_INPUT, SUCCESS};
 use crate::load;
+use crate::staged::StagedFile;
 
 /// Most samples per channel one export writes.
 pub const MAX_SAMPLES: u64 = 50_000_000;
@@ -186,6 +186,15 @@ pub fn export(args: &ExportArgs) -> CommandResult {
             format!("{} is not a scenario file", path.display()),
         ));
     }
+    if args.comtrade.is_file() {
+        return Err(Failure::msg(
+            INVALID_INPUT,
+            format!(
+                "--comtrade {} is a file; give the folder to write the .cfg and .dat into",
+                args.comtrade.display()
+            ),
+        ));
+    }
     let loaded = load::load_valid(std::slice::from_ref(path)).map_err(|mut f| {
         f.code = INVALID_INPUT;
         f
@@ -301,25 +310,49 @@ pub fn export(args: &ExportArgs) -> CommandResult {
         .cfg_text()
         .map_err(|e| Failure::new(INVALID_INPUT, e))?;
 
-    // Pass 2: the files.
+    // Pass 2: the files, each written to a temporary beside it; the .dat is renamed into
+    // place first and the .cfg last, only once both are complete, so a failure leaves the
+    // old pair (if any) as it was.
     let dir = &args.comtrade;
-    std::fs::create_dir_all(dir).or_exit(ENVIRONMENT, || {
-        format!("cannot create the folder {}", dir.display())
-    })?;
     let stem = file_stem(&scenario.name);
     let dat_path = dir.join(format!("{stem}.dat"));
     let cfg_path = dir.join(format!("{stem}.cfg"));
-    let dat = File::create(&dat_path).or_exit(ENVIRONMENT, || {
-        format!("cannot create {}", dat_path.display())
+    for (ext, out) in [("dat", &dat_path), ("cfg", &cfg_path)] {
+        if crate::staged::same_file(out, path) {
+            return Err(Failure::msg(
+                INVALID_INPUT,
+                format!(
+                    "the .{ext} file {} names the scenario file; export into another folder",
+                    out.display()
+                ),
+            ));
+        }
+    }
+    std::fs::create_dir_all(dir).or_exit(ENVIRONMENT, || {
+        format!("cannot create the folder {}", dir.display())
     })?;
+    let stage = |p: &Path| {
+        StagedFile::create(p).or_exit(ENVIRONMENT, || format!("cannot create {}", p.display()))
+    };
+    let (dat_staged, dat) = stage(&dat_path)?;
+    let (cfg_staged, mut cfg) = stage(&cfg_path)?;
     let mut writer = DatWriter::new(&recording, BufWriter::with_capacity(1 << 20, dat))
         .map_err(|e| cannot_write(&dat_path, e))?;
     for_each_sample(&scenario, group, window, |values| {
         writer.write_sample(values)
     })
     .map_err(|e| cannot_write(&dat_path, e))?;
-    writer.finish().map_err(|e| cannot_write(&dat_path, e))?;
-    std::fs::write(&cfg_path, cfg_text.as_bytes()).or_exit(ENVIRONMENT, || {
+    drop(writer.finish().map_err(|e| cannot_write(&dat_path, e))?);
+    cfg.write_all(cfg_text.as_bytes())
+        .and_then(|()| cfg.flush())
+        .or_exit(ENVIRONMENT, || {
+            format!("cannot write {}", cfg_path.display())
+        })?;
+    drop(cfg);
+    dat_staged.commit().or_exit(ENVIRONMENT, || {
+        format!("cannot write {}", dat_path.display())
+    })?;
+    cfg_staged.commit().or_exit(ENVIRONMENT, || {
         format!("cannot write {}", cfg_path.display())
     })?;
 

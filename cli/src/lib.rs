@@ -9,6 +9,7 @@ pub mod load;
 pub mod meter;
 pub mod report_dir;
 pub mod run;
+pub mod staged;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -8,6 +8,7 @@ use std::path::Path;
 use reports::{JsonReporter, JunitReporter, MarkdownReporter, Reporter};
 
 use crate::exit::{Failure, OrExit, ENVIRONMENT};
+use crate::staged::StagedFile;
 
 /// File name of the Markdown summary inside the report directory.
 pub const SUMMARY_MD: &str = "summary.md";
@@ -19,28 +20,72 @@ pub const JUNIT_XML: &str = "junit.xml";
 /// A reporter and the path it writes, for error messages.
 pub type FileReporter = (String, Box<dyn Reporter>);
 
-/// Create `dir` (and its parents) and open its three report files, before anything runs:
+/// Reporters writing staged files: the files replace the real paths only when every
+/// [`StagedFile`] is committed after the run; dropped, they leave the old files as they were.
+#[derive(Default)]
+pub struct StagedReporters {
+    pub reporters: Vec<FileReporter>,
+    pub files: Vec<StagedFile>,
+}
+
+impl std::fmt::Debug for StagedReporters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let paths: Vec<&str> = self.reporters.iter().map(|(p, _)| p.as_str()).collect();
+        f.debug_struct("StagedReporters")
+            .field("reporters", &paths)
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl StagedReporters {
+    /// Stage `path` (see [`StagedFile::create`]) and add the reporter `make` builds on it; a
+    /// path that cannot be staged is exit 3 naming it.
+    pub fn add<R: Reporter + 'static>(
+        &mut self,
+        path: &Path,
+        what: &str,
+        make: impl FnOnce(BufWriter<File>) -> R,
+    ) -> Result<(), Failure> {
+        let (staged, file) = StagedFile::create(path).or_exit(ENVIRONMENT, || {
+            format!("cannot create the {what} file {}", path.display())
+        })?;
+        self.reporters.push((
+            path.display().to_string(),
+            Box::new(make(BufWriter::new(file))),
+        ));
+        self.files.push(staged);
+        Ok(())
+    }
+
+    /// Drop the reporters (each has flushed its writer at `RunFinished`) and rename every
+    /// file into place; exit 3 naming the first that cannot be.
+    pub fn commit(self) -> Result<(), Failure> {
+        drop(self.reporters);
+        for staged in self.files {
+            let dest = staged.dest().display().to_string();
+            staged
+                .commit()
+                .or_exit(ENVIRONMENT, || format!("cannot write {dest}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Create `dir` (and its parents) and stage its three report files, before anything runs:
 /// any failure is exit 3 naming the directory or file.
-pub fn open(dir: &Path) -> Result<Vec<FileReporter>, Failure> {
+pub fn open(dir: &Path, into: &mut StagedReporters) -> Result<(), Failure> {
     std::fs::create_dir_all(dir).or_exit(ENVIRONMENT, || {
         format!("cannot create the report directory {}", dir.display())
     })?;
-    let create = |name: &str, what: &str| {
-        let path = dir.join(name);
-        File::create(&path)
-            .map(|f| (path.display().to_string(), BufWriter::new(f)))
-            .or_exit(ENVIRONMENT, || {
-                format!("cannot create the {what} file {}", path.display())
-            })
-    };
-    let (md_path, md) = create(SUMMARY_MD, "Markdown summary")?;
-    let (json_path, json) = create(RESULTS_JSON, "JSON")?;
-    let (junit_path, junit) = create(JUNIT_XML, "JUnit")?;
-    Ok(vec![
-        (md_path, Box::new(MarkdownReporter::new(md))),
-        (json_path, Box::new(JsonReporter::new(json))),
-        (junit_path, Box::new(JunitReporter::new(junit))),
-    ])
+    into.add(
+        &dir.join(SUMMARY_MD),
+        "Markdown summary",
+        MarkdownReporter::new,
+    )?;
+    into.add(&dir.join(RESULTS_JSON), "JSON", JsonReporter::new)?;
+    into.add(&dir.join(JUNIT_XML), "JUnit", JunitReporter::new)?;
+    Ok(())
 }
 
 /// This process's command line as a shell would take it back: `gridloop` and every argument,

@@ -2,10 +2,9 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::fs::File;
-use std::io::{BufWriter, IsTerminal};
+use std::io::IsTerminal;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,8 @@ use crate::exit::{
     SUCCESS,
 };
 use crate::load::{self, LoadedScenario};
+use crate::report_dir::StagedReporters;
+use crate::staged::same_file;
 
 /// Expectation kind reported for a scenario whose run panicked.
 pub const PANIC_KIND: &str = "panic";
@@ -61,6 +62,26 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
 
     let loaded = pool.install(|| load::load_valid(&args.paths.paths))?;
     let loaded_count = loaded.len();
+    // A report written over a scenario file would destroy the input.
+    let resolved: Vec<_> = outputs
+        .iter()
+        .map(|(flag, p)| (flag, p, crate::staged::resolve(p)))
+        .collect();
+    for l in &loaded {
+        let input = crate::staged::resolve(&l.path);
+        if let Some((flag, _, _)) = resolved
+            .iter()
+            .find(|(_, p, r)| **p == l.path || (r.is_some() && *r == input))
+        {
+            return Err(Failure::msg(
+                INVALID_INPUT,
+                format!(
+                    "{flag} names the scenario file {}; write the report elsewhere",
+                    l.display
+                ),
+            ));
+        }
+    }
     let mut jobs: Vec<LoadedScenario> = loaded
         .into_iter()
         .filter(|l| args.filter.accepts(&l.scenario.tags))
@@ -80,22 +101,19 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
         }
     }
 
-    // Open report files before spending time on the run, so a bad path fails fast.
-    let mut file_reporters: Vec<(String, Box<dyn Reporter>)> = Vec::new();
+    // Stage report files before spending time on the run, so a bad path fails fast; the real
+    // paths are replaced only once every report is complete.
+    let mut staged = StagedReporters::default();
     if let Some(path) = &args.junit {
-        let out = create(path, "JUnit")?;
-        file_reporters.push((
-            path.display().to_string(),
-            Box::new(JunitReporter::new(out)),
-        ));
+        staged.add(path, "JUnit", JunitReporter::new)?;
     }
     if let Some(path) = &args.json {
-        let out = create(path, "JSON")?;
-        file_reporters.push((path.display().to_string(), Box::new(JsonReporter::new(out))));
+        staged.add(path, "JSON", JsonReporter::new)?;
     }
     if let Some(dir) = &args.report {
-        file_reporters.extend(crate::report_dir::open(dir)?);
+        crate::report_dir::open(dir, &mut staged)?;
     }
+    let file_reporters = &mut staged.reporters;
 
     let mut terminal = TerminalReporter::new(std::io::stdout().lock())
         .with_color(color)
@@ -117,7 +135,7 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
     };
     to_terminal(&started);
     let mut file_errors = Vec::new();
-    for (path, r) in &mut file_reporters {
+    for (path, r) in file_reporters.iter_mut() {
         if let Err(e) = r.on_event(&started) {
             file_errors.push(format!("{path}: {e}"));
         }
@@ -129,7 +147,7 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
             outcome,
             wall: Some(wall),
         });
-        for (path, r) in &mut file_reporters {
+        for (path, r) in file_reporters.iter_mut() {
             // Deterministic reports: the wall clock stays out of them.
             if let Err(e) = r.on_event(&RunEvent::ScenarioFinished {
                 outcome,
@@ -145,44 +163,21 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
         RunSummary::new(outcomes, args.seed).with_command(crate::report_dir::command_line());
     let finished = RunEvent::RunFinished { summary: &summary };
     to_terminal(&finished);
-    for (path, r) in &mut file_reporters {
+    for (path, r) in file_reporters.iter_mut() {
         if let Err(e) = r.on_event(&finished) {
             file_errors.push(format!("{path}: {e}"));
         }
     }
     if !file_errors.is_empty() {
+        // The staged files are dropped unrenamed: every old report stays as it was.
         return Err(Failure::msg(ENVIRONMENT, file_errors.join("\n")));
     }
+    staged.commit()?;
     Ok(if summary.passed() {
         SUCCESS
     } else {
         EXPECTATION_FAILED
     })
-}
-
-/// `a` and `b` name the same file, also when spelled differently (`x` and `./x`, symlinked
-/// folders): compared after resolving the existing parent folder.
-fn same_file(a: &Path, b: &Path) -> bool {
-    fn resolved(p: &Path) -> Option<PathBuf> {
-        if let Ok(c) = p.canonicalize() {
-            return Some(c);
-        }
-        let name = p.file_name()?;
-        let parent = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        Some(parent.canonicalize().ok()?.join(name))
-    }
-    a == b || matches!((resolved(a), resolved(b)), (Some(x), Some(y)) if x == y)
-}
-
-fn create(path: &Path, what: &str) -> Result<BufWriter<File>, Failure> {
-    File::create(path)
-        .map(BufWriter::new)
-        .or_exit(ENVIRONMENT, || {
-            format!("cannot create the {what} file {}", path.display())
-        })
 }
 
 fn progress_bar(len: usize, quiet: bool) -> ProgressBar {

@@ -219,3 +219,89 @@ fn an_unwritable_folder_exits_3() {
     assert_code(&out, 3);
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create the folder"));
 }
+
+#[test]
+fn a_comtrade_path_that_is_a_file_is_a_usage_error() {
+    let dir = scratch("comtrade-file");
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let out = export(&file, &[]);
+    assert_code(&out, 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a file"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+}
+
+#[test]
+fn a_failed_export_leaves_the_old_pair_untouched() {
+    let dir = scratch("keep-old");
+    let dat = dir.join("fixture-sag-trips.dat");
+    let cfg = dir.join("fixture-sag-trips.cfg");
+    std::fs::write(&dat, "old dat").unwrap();
+    // The .cfg cannot be written (a folder is in its way): nothing is replaced.
+    std::fs::create_dir(&cfg).unwrap();
+    let out = export(&dir, &[]);
+    assert_code(&out, 3);
+    assert_eq!(std::fs::read_to_string(&dat).unwrap(), "old dat");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["fixture-sag-trips.cfg", "fixture-sag-trips.dat"]);
+
+    // Once the way is clear both are replaced, and no temporary is left.
+    std::fs::remove_dir(&cfg).unwrap();
+    std::fs::write(&cfg, "old cfg").unwrap();
+    let out = export(&dir, &[]);
+    assert_code(&out, 0);
+    assert!(std::fs::read_to_string(&cfg)
+        .unwrap()
+        .starts_with("fixture-sag-trips,"));
+    assert_eq!(std::fs::read_to_string(&dat).unwrap().lines().count(), 9600);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+}
+
+#[test]
+fn an_export_over_its_scenario_file_is_a_usage_error() {
+    let dir = scratch("over-scenario");
+    let original = std::fs::read_to_string(SAG).unwrap();
+    for ext in ["dat", "cfg"] {
+        // A scenario file whose name the export would give its output.
+        let scenario = dir.join(format!("fixture-sag-trips.{ext}"));
+        std::fs::write(&scenario, &original).unwrap();
+        let out = gridloop(&[
+            "export",
+            scenario.to_str().unwrap(),
+            "--comtrade",
+            dir.join(".").to_str().unwrap(),
+        ]);
+        assert_code(&out, 2);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("names the scenario file"), "{err}");
+        assert_eq!(std::fs::read_to_string(&scenario).unwrap(), original);
+        std::fs::remove_file(&scenario).unwrap();
+    }
+}
+
+#[test]
+fn a_missing_scenario_exits_2_like_run() {
+    let dir = scratch("missing");
+    for cmd in [
+        vec![
+            "export",
+            "tests/no/such.yaml",
+            "--comtrade",
+            dir.to_str().unwrap(),
+        ],
+        vec!["run", "tests/no/such.yaml"],
+    ] {
+        let out = gridloop(&cmd);
+        assert_code(&out, 2);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("cannot read tests/no/such.yaml"),
+            "{cmd:?}: {err}"
+        );
+    }
+}

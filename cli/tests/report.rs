@@ -170,3 +170,165 @@ fn a_report_dir_file_named_again_by_json_or_junit_is_a_usage_error() {
         assert!(out.stdout.is_empty(), "nothing ran");
     }
 }
+
+/// Every file in `dir` whose name marks it as a temporary (`.<name>.partial-<pid>`).
+fn partials(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial-"))
+        .collect()
+}
+
+#[test]
+fn a_failed_run_leaves_existing_report_files_untouched() {
+    let scratch = scratch("keep-old");
+    let junit = scratch.join("junit.xml");
+    let json = scratch.join("results.json");
+    std::fs::write(&junit, "old junit").unwrap();
+    std::fs::write(&json, "old json").unwrap();
+    let blocker = scratch.join("a-file");
+    std::fs::write(&blocker, "x").unwrap();
+    // --report cannot be made after --junit and --json were accepted: exit 3, nothing ran,
+    // and the old files were neither emptied nor replaced.
+    let out = gridloop(&[
+        "run",
+        "tests/fixtures/pass",
+        "--junit",
+        path_arg(&junit),
+        "--json",
+        path_arg(&json),
+        "--report",
+        path_arg(&blocker.join("out")),
+    ]);
+    assert_code(&out, exit::ENVIRONMENT);
+    assert!(out.stdout.is_empty(), "nothing ran");
+    assert_eq!(std::fs::read_to_string(&junit).unwrap(), "old junit");
+    assert_eq!(std::fs::read_to_string(&json).unwrap(), "old json");
+    assert!(partials(&scratch).is_empty(), "{:?}", partials(&scratch));
+
+    // The same when the last report path is a folder.
+    let folder = scratch.join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let out = gridloop(&[
+        "run",
+        "tests/fixtures/pass",
+        "--junit",
+        path_arg(&junit),
+        "--json",
+        path_arg(&folder),
+    ]);
+    assert_code(&out, exit::ENVIRONMENT);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot create the JSON file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&junit).unwrap(), "old junit");
+    assert!(partials(&scratch).is_empty(), "{:?}", partials(&scratch));
+
+    // A run that completes replaces them whole, and leaves no temporary behind.
+    let out = gridloop(&[
+        "run",
+        "tests/fixtures/pass",
+        "--quiet",
+        "--junit",
+        path_arg(&junit),
+        "--json",
+        path_arg(&json),
+        "--report",
+        path_arg(&scratch.join("report")),
+    ]);
+    assert_code(&out, exit::SUCCESS);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_eq!(xml.matches("<testcase ").count(), 4, "{xml}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(doc["summary"]["passed"], true);
+    assert!(scratch.join("report/summary.md").is_file());
+    assert!(partials(&scratch).is_empty(), "{:?}", partials(&scratch));
+    assert!(partials(&scratch.join("report")).is_empty());
+}
+
+#[test]
+fn a_report_over_a_scenario_file_is_a_usage_error() {
+    let scratch = scratch("over-scenario");
+    let scenario = scratch.join("steady.yaml");
+    let original = std::fs::read_to_string("tests/fixtures/pass/steady.yaml").unwrap();
+    std::fs::write(&scenario, &original).unwrap();
+    // Named directly, spelled differently, or found by searching the folder.
+    let aliased = scratch.join(".").join("steady.yaml");
+    for (path, flag, target) in [
+        (&scenario, "--json", &scenario),
+        (&scenario, "--junit", &aliased),
+        (&scratch, "--json", &scenario),
+    ] {
+        let out = gridloop(&["run", path_arg(path), flag, path_arg(target)]);
+        assert_code(&out, exit::INVALID_INPUT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{flag} names the scenario file")),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty(), "nothing ran");
+        assert_eq!(std::fs::read_to_string(&scenario).unwrap(), original);
+    }
+}
+
+#[test]
+fn the_same_file_in_a_folder_still_to_be_made_is_a_usage_error() {
+    let scratch = scratch("same-new-folder");
+    let out_dir = scratch.join("out");
+    for junit in [
+        out_dir.join(".").join("junit.xml"),
+        out_dir.join("sub").join("..").join("junit.xml"),
+    ] {
+        let out = gridloop(&[
+            "run",
+            "tests/fixtures/pass",
+            "--junit",
+            path_arg(&junit),
+            "--report",
+            path_arg(&out_dir),
+        ]);
+        assert_code(&out, exit::INVALID_INPUT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--junit and --report (junit.xml) name the same file"),
+            "{err}"
+        );
+        assert!(!out_dir.exists(), "nothing was written");
+    }
+}
+
+#[test]
+fn a_scenario_file_starting_with_a_dash_reproduces_after_double_dash() {
+    let scratch = scratch("dash-file");
+    std::fs::copy(
+        "tests/fixtures/fail/impossible-trip.yaml",
+        scratch.join("-odd.yaml"),
+    )
+    .unwrap();
+    let in_scratch = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gridloop"))
+            .args(args)
+            .current_dir(&scratch)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let out = in_scratch(&["run", "--seed", "5", "--report", "out", "--", "-odd.yaml"]);
+    assert_code(&out, exit::EXPECTATION_FAILED);
+    let md = std::fs::read_to_string(scratch.join("out/summary.md")).unwrap();
+    let prefix = "Reproduce this scenario: `gridloop ";
+    let line = md
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("{md}"));
+    let command = line.strip_suffix('`').unwrap();
+    assert_eq!(command, "run --seed 5 -- -odd.yaml");
+    // The command as printed runs the same scenario again.
+    let args: Vec<&str> = command.split(' ').collect();
+    let again = in_scratch(&args);
+    assert_code(&again, exit::EXPECTATION_FAILED);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("fixture-impossible-trip"));
+}
