@@ -14,6 +14,7 @@ pub mod spans;
 mod validate;
 
 pub use parse::SCHEMA_VERSION;
+pub use validate::drift_temperature;
 
 /// One problem in a scenario file.
 #[derive(Debug, Clone, PartialEq, Eq)]

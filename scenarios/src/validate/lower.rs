@@ -1,7 +1,7 @@
 //! Lowering: applies the documented defaults, checks every range and cross-reference, resolves
 //! durations (cycles at the nominal frequency) and group names, and builds sim-core types.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use sim_core::disturbance::{
@@ -66,8 +66,59 @@ struct Cx<'a> {
     fidelities: Vec<Fidelity>,
     /// Meters over all groups so far.
     total_meters: u64,
-    /// `packet_loss` events: (event index, groups (empty: all), probability).
-    packet_losses: Vec<(usize, Vec<usize>, f64)>,
+    /// `packet_loss` events, for the loss budget.
+    packet_losses: Vec<PacketLoss>,
+}
+
+/// One `packet_loss` event, for the loss budget.
+struct PacketLoss {
+    /// Index in `events`.
+    event: usize,
+    /// Groups it applies to (empty: all).
+    groups: Vec<usize>,
+    probability: f64,
+    at: Seconds,
+    duration: Seconds,
+}
+
+/// A and B of the thermal model written as τ·dT/dt = A − B·T: with k = I²·R20·R_th,
+/// A = T_amb + k·(1 − 20α) and B = 1 − kα.
+fn thermal_coefficients(t: &ThermalDrift, alpha: f64) -> (f64, f64) {
+    let k = t.current * t.current * t.r20 * t.thermal_resistance;
+    (t.ambient + k * (1.0 - 20.0 * alpha), 1.0 - k * alpha)
+}
+
+/// Conductor temperature `elapsed` seconds after the onset of `t`, °C, in closed form: the model
+/// τ·dT/dt = I²·R(T)·R_th − (T − T_amb), R(T) = R20·(1 + α(T − 20)) is linear, τ·dT/dt = A − B·T
+/// (see `thermal_coefficients`), so from T0 = `initial`
+/// T = T0 + (A − B·T0)·(1 − e^(−B·t/τ))/B (B = 0: T0 + A·t/τ). It approaches A/B for B > 0
+/// and grows exponentially for B < 0; either way it is monotone in t. Not finite when it
+/// overflows.
+pub fn drift_temperature(t: &ThermalDrift, elapsed: Seconds) -> f64 {
+    let (a, b) = thermal_coefficients(t, t.conductor.alpha20());
+    let x = elapsed / t.tau;
+    let growth = if b == 0.0 { x } else { -(-b * x).exp_m1() / b };
+    t.initial + (a - b * t.initial) * growth
+}
+
+/// Seconds after onset at which a rising drift reaches `limit` °C (None if it never does).
+fn time_to_temperature(t: &ThermalDrift, limit: f64) -> Option<Seconds> {
+    let (a, b) = thermal_coefficients(t, t.conductor.alpha20());
+    let rate = a - b * t.initial;
+    if !(rate > 0.0 && limit >= t.initial) {
+        return None;
+    }
+    // Invert T(t) above: B·(limit − T0)/rate = 1 − e^(−B·t/τ).
+    let s = if b == 0.0 {
+        (limit - t.initial) / rate * t.tau
+    } else {
+        let y = b * (limit - t.initial) / rate;
+        if y >= 1.0 {
+            return None;
+        }
+        -t.tau / b * (-y).ln_1p()
+    };
+    s.is_finite().then_some(s)
 }
 
 /// Upper limits of durations, s.
@@ -78,9 +129,10 @@ const MAX_LINK_DELAY: Seconds = 60.0;
 /// Most meters in a scenario, over all groups; also the largest ring buffer.
 const MAX_METERS: u64 = 10_000_000;
 const MAX_BUFFER_CAPACITY: u64 = 10_000_000;
-/// Largest loss probability a group may see (link loss plus every packet_loss event).
+/// Largest loss probability a group may see at any instant (link loss plus the packet_loss
+/// windows active then).
 const MAX_LOSS: f64 = 0.9;
-/// Hottest steady conductor temperature accepted, °C.
+/// Hottest conductor temperature accepted over a thermal drift, °C.
 const MAX_CONDUCTOR_TEMPERATURE: f64 = 250.0;
 
 /// Seconds for messages: at most 6 decimals, no trailing zeros.
@@ -351,16 +403,26 @@ impl Cx<'_> {
             ),
             hysteresis: self.opt_closed("pq.hysteresis", p.hysteresis, def.hysteresis, 0.0, 10.0),
         };
-        // An event ends when the value is back past threshold ± hysteresis: that level must be
-        // reachable (below 100 % for dips, above for swells, below the dip threshold for
-        // interruptions), or events never end.
+        // A dip or swell ends when the value is back past its threshold by the hysteresis: that
+        // level must be reachable (below 100 % for dips, above for swells), or events never end.
         let h = t.hysteresis;
-        if !(t.interruption + h < t.dip && t.dip + h < 100.0 && 100.0 < t.swell - h) {
+        if !(t.dip + h < 100.0 && 100.0 < t.swell - h) {
             self.err(
                 "pq",
                 format!(
-                    "thresholds must satisfy interruption + hysteresis < dip, dip + hysteresis < 100 and swell − hysteresis > 100 (else events never end), got interruption {}, dip {}, swell {}, hysteresis {h}",
-                    t.interruption, t.dip, t.swell
+                    "thresholds must satisfy dip + hysteresis < 100 and swell − hysteresis > 100 (else dips or swells never end), got dip {}, swell {}, hysteresis {h}",
+                    t.dip, t.swell
+                ),
+            );
+        }
+        // Sanity: an interruption is a deeper dip, so its band (with the hysteresis it ends at)
+        // lies below the dip threshold.
+        if t.interruption + h >= t.dip {
+            self.err(
+                "pq",
+                format!(
+                    "the interruption band must lie below the dip threshold: interruption + hysteresis < dip, got interruption {}, hysteresis {h}, dip {}",
+                    t.interruption, t.dip
                 ),
             );
         }
@@ -560,7 +622,7 @@ impl Cx<'_> {
             Some(h) => {
                 let ip = format!("{p}.interval");
                 let s = self.pos_dur(&ip, h);
-                self.at_most(&ip, s, HOUR, "1h")
+                self.at_most(&ip, s, DAY, "1 day (24h)")
             }
             None => def.interval,
         };
@@ -1049,7 +1111,7 @@ impl Cx<'_> {
                 duration: self.pos_dur(&f("duration"), &x.duration),
             };
             if self.diags.len() == before {
-                self.thermal_steady_state(&f("current"), &t);
+                self.thermal_range(i, at, &t);
             }
             d(
                 self,
@@ -1084,7 +1146,16 @@ impl Cx<'_> {
             let probability = self.closed(&f("probability"), x.probability, 0.0, MAX_LOSS);
             let duration = self.pos_dur(&f("duration"), &x.duration);
             let groups = self.group_list(&kp, &x.groups);
-            self.packet_losses.push((i, groups.clone(), probability));
+            // `groups: []` is an error already; it must not count as "all groups" here.
+            if x.groups.as_ref().is_none_or(|g| !g.is_empty()) {
+                self.packet_losses.push(PacketLoss {
+                    event: i,
+                    groups: groups.clone(),
+                    probability,
+                    at,
+                    duration,
+                });
+            }
             net.push(NetworkEvent {
                 at,
                 duration,
@@ -1094,73 +1165,118 @@ impl Cx<'_> {
         }
     }
 
-    /// A thermal drift must settle: with k = I²·R20·R_th the heat balance
-    /// T = T_amb + k·(1 + α·(T − 20)) has the fixed point T∞ = (T_amb + k·(1 − 20α)) / (1 − kα)
-    /// only for kα < 1 (else the temperature grows without bound). Kept well inside: kα < 0.9,
-    /// T∞ ≤ 250 °C, and the drop at the hottest temperature (T∞, or `initial` if hotter)
-    /// below 0.9 × nominal.
-    fn thermal_steady_state(&mut self, path: &str, t: &ThermalDrift) {
+    /// The hottest temperature of a thermal drift over its effective length (its duration,
+    /// cut at the end of the scenario), from the closed form of the model (see
+    /// [`drift_temperature`]; the temperature is monotone, so the hottest is at an end), must
+    /// stay ≤ 250 °C (the linear R(T) model's range), and the drop at that temperature must stay
+    /// below 0.9 × nominal. The temperature error is reported at `duration` (what to shorten),
+    /// the drop error at the drift as a whole.
+    fn thermal_range(&mut self, i: usize, at: Seconds, t: &ThermalDrift) {
         let alpha = t.conductor.alpha20();
-        let k = t.current * t.current * t.r20 * t.thermal_resistance;
-        let gain = k * alpha;
-        if gain >= 0.9 || !gain.is_finite() {
+        let span = t.duration.min(self.duration - at).max(0.0);
+        let end = drift_temperature(t, span);
+        let hottest = end.max(t.initial);
+        let (a, b) = thermal_coefficients(t, alpha);
+        let settle = if b > 0.0 {
+            format!("it would settle at {:.1} °C", a / b)
+        } else {
+            "it has no steady state and grows without bound".to_string()
+        };
+        if hottest > MAX_CONDUCTOR_TEMPERATURE || !hottest.is_finite() {
+            let reach = time_to_temperature(t, MAX_CONDUCTOR_TEMPERATURE)
+                .map(|s| format!("; it reaches {MAX_CONDUCTOR_TEMPERATURE} °C after {}, so shorten `duration` below that", secs((s * 1e3).floor() / 1e3)))
+                .unwrap_or_default();
+            let temp = if hottest.is_finite() {
+                format!("{hottest:.1} °C")
+            } else {
+                "an unbounded temperature".to_string()
+            };
             self.err(
-                path,
-                format!("the conductor has no thermal steady state: I²·R20·α·R_th = {gain:.4} ≥ 0.9 (the temperature would grow without bound); lower current, r20 or thermal_resistance"),
+                &format!("events[{i}].thermal_drift.duration"),
+                format!(
+                    "the conductor reaches {temp} after {} of drift ({settle}), above {MAX_CONDUCTOR_TEMPERATURE} °C (the linear R(T) model's range){reach}; or lower current, r20 or thermal_resistance",
+                    secs(span)
+                ),
             );
             return;
         }
-        let t_inf = (t.ambient + k * (1.0 - 20.0 * alpha)) / (1.0 - gain);
-        if t_inf > MAX_CONDUCTOR_TEMPERATURE || !t_inf.is_finite() {
-            self.err(
-                path,
-                format!("the conductor would settle at {t_inf:.1} °C, above {MAX_CONDUCTOR_TEMPERATURE} °C (the linear R(T) model's range); lower current, r20 or thermal_resistance"),
-            );
-            return;
-        }
-        let hottest = t_inf.max(t.initial);
         let r = t.r20 * (1.0 + alpha * (hottest - 20.0));
         let pf = t.power_factor.clamp(0.0, 1.0);
         let drop = t.current * (r * pf + t.x * (1.0 - pf * pf).sqrt());
         let limit = 0.9 * self.nominal;
         if drop >= limit || !drop.is_finite() {
             self.err(
-                path,
-                format!("the voltage drop along the conductor reaches {drop:.1} V at {hottest:.1} °C, not below 0.9 × nominal ({limit:.1} V)"),
+                &format!("events[{i}].thermal_drift"),
+                format!("the voltage drop along the conductor reaches {drop:.1} V at {hottest:.1} °C (the hottest over {} of drift), not below 0.9 × nominal ({limit:.1} V); lower current, r20, x or duration", secs(span)),
             );
         }
     }
 
-    /// Link loss plus every `packet_loss` that applies to a group (summed whether or not the
-    /// windows overlap) stays ≤ 0.9: beyond that, QoS 1 retries give up and messages are lost.
+    /// Link loss plus the `packet_loss` windows active at the same instant (as the link adds
+    /// them, windows `[at, at + duration)`) stays ≤ 0.9 for every group: beyond that, QoS 1
+    /// retries give up and messages are lost. Swept per group over the window starts (the sum
+    /// only rises at a start); the error is reported at every window active at the peak.
     fn loss_budget(&mut self, groups: &[MeterGroup]) {
-        let applies = |gs: &[usize], g: usize| gs.is_empty() || gs.contains(&g);
-        let total = |g: usize| -> f64 {
-            groups[g].link.loss
-                + self
-                    .packet_losses
-                    .iter()
-                    .filter(|(_, gs, _)| applies(gs, g))
-                    .map(|(_, _, p)| p)
-                    .sum::<f64>()
-        };
-        let totals: Vec<f64> = (0..groups.len()).map(total).collect();
-        let mut found = Vec::new();
-        for (i, gs, _) in &self.packet_losses {
-            let over: Vec<String> = (0..groups.len())
-                .filter(|&g| applies(gs, g) && totals[g] > MAX_LOSS + 1e-9)
-                .map(|g| format!("`{}` ({:.3})", groups[g].name, totals[g]))
+        let mut found: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for (g, group) in groups.iter().enumerate() {
+            let wins: Vec<&PacketLoss> = self
+                .packet_losses
+                .iter()
+                .filter(|w| (w.groups.is_empty() || w.groups.contains(&g)) && w.duration > 0.0)
                 .collect();
-            if !over.is_empty() {
-                found.push((*i, over));
+            // Boundaries in time order, ends before starts at the same instant (half-open).
+            let mut edges: Vec<(f64, bool, f64)> = wins
+                .iter()
+                .flat_map(|w| {
+                    [
+                        (w.at, true, w.probability),
+                        (w.at + w.duration, false, w.probability),
+                    ]
+                })
+                .collect();
+            edges.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+            let mut sum = 0.0;
+            let mut peak: Option<(f64, f64)> = None;
+            for (time, start, p) in edges {
+                if start {
+                    sum += p;
+                    if peak.is_none_or(|(best, _)| sum > best) {
+                        peak = Some((sum, time));
+                    }
+                } else {
+                    sum -= p;
+                }
+            }
+            let Some((_, when)) = peak else { continue };
+            let active: Vec<&PacketLoss> = wins
+                .into_iter()
+                .filter(|w| w.at <= when && when < w.at + w.duration)
+                .collect();
+            let total = group.link.loss + active.iter().map(|w| w.probability).sum::<f64>();
+            if total <= MAX_LOSS + 1e-9 {
+                continue;
+            }
+            let names: Vec<String> = active
+                .iter()
+                .map(|w| format!("events[{}]", w.event))
+                .collect();
+            let what = format!(
+                "on group `{}` the link loss {} plus the packet_loss windows active at {} ({}) add up to {total:.3}",
+                group.name,
+                group.link.loss,
+                secs(when),
+                names.join(", ")
+            );
+            for w in active {
+                found.entry(w.event).or_default().push(what.clone());
             }
         }
         for (i, over) in found {
             self.err(
                 &format!("events[{i}].packet_loss.probability"),
                 format!(
-                    "link loss plus every packet_loss on the group adds up to more than {MAX_LOSS} (counted whether or not the windows overlap) for {}; QoS 1 would give up and lose messages",
-                    over.join(", ")
+                    "{}, more than {MAX_LOSS}; QoS 1 would give up and lose messages",
+                    over.join("; ")
                 ),
             );
         }
@@ -1206,19 +1322,18 @@ impl Cx<'_> {
         if h.orders.is_empty() {
             self.err(&format!("{kp}.orders"), "needs at least one harmonic order");
         }
-        let check_orders =
-            |cx: &mut Self, field: &str, map: &std::collections::BTreeMap<u32, f64>| {
-                for (&order, &mag) in map {
-                    let p = format!("{kp}.{field}.{order}");
-                    if !(2..=50).contains(&order) {
-                        cx.err(
-                            &p,
-                            format!("harmonic order must be between 2 and 50, got {order}"),
-                        );
-                    }
-                    cx.closed(&p, mag, 0.0, 0.5);
+        let check_orders = |cx: &mut Self, field: &str, map: &BTreeMap<u32, f64>| {
+            for (&order, &mag) in map {
+                let p = format!("{kp}.{field}.{order}");
+                if !(2..=50).contains(&order) {
+                    cx.err(
+                        &p,
+                        format!("harmonic order must be between 2 and 50, got {order}"),
+                    );
                 }
-            };
+                cx.closed(&p, mag, 0.0, 0.5);
+            }
+        };
         check_orders(self, "orders", &h.orders);
         if let Some(to) = &h.to {
             check_orders(self, "to", to);
@@ -1356,38 +1471,42 @@ impl Cx<'_> {
                 .map_or(Some(Phase::L1), |p| self.phase(&f("phase"), p));
             let before = self.diags.len();
             let at = self.dur(&f("at"), &m.at);
-            let cycle = 1.0 / self.frequency;
             let at_ok = self.diags.len() == before;
-            if at_ok && at >= self.duration {
+            let expected = self.check(&f("expected"), m.expected, true, "must be a finite number");
+            let tolerance = self.tolerance(&f("tolerance"), &m.tolerance)?;
+            let cycle = 1.0 / self.frequency;
+            // Window of each quantity: a value is emitted when its window ends, and a window
+            // that ends after the scenario is never emitted.
+            let (quantity, name, window) = match m.quantity {
+                QuantityDto::Rms10Cycle => (Quantity::Rms10Cycle, "rms_10cycle", 0.2),
+                QuantityDto::Rms150Cycle => (Quantity::Rms150Cycle, "rms_150cycle", 3.0),
+                QuantityDto::UrmsHalfCycle => (Quantity::UrmsHalfCycle, "urms_half_cycle", cycle),
+                QuantityDto::Thd => (Quantity::Thd, "thd", 0.2),
+                QuantityDto::Frequency => (Quantity::Frequency, "frequency", 0.2),
+                QuantityDto::ActivePower => (Quantity::ActivePower, "active_power", 0.2),
+                QuantityDto::Energy => (Quantity::Energy, "energy", 0.2),
+            };
+            // Windows are aligned on zero crossings, not on t = 0: with one cycle of margin the
+            // window containing `at` ends by at + window + one cycle.
+            let latest = self.duration - window - cycle;
+            if at_ok && at > latest {
+                let hint = if latest >= 0.0 {
+                    format!("use at ≤ {}", secs((latest * 1e6).floor() / 1e6))
+                } else {
+                    format!(
+                        "the scenario is too short for one (it needs at least {})",
+                        secs(window + cycle)
+                    )
+                };
                 self.err(
                     &f("at"),
                     format!(
-                        "{} is not before the end of the scenario ({}); no window contains the end instant",
+                        "no complete {name} window contains t = {} before the scenario ends at {}; {hint}",
                         secs(at),
                         secs(self.duration)
                     ),
                 );
-            } else if at_ok && at < cycle {
-                self.err(
-                    &f("at"),
-                    format!(
-                        "{} is earlier than one cycle ({}); no window has ended by then",
-                        secs(at),
-                        secs(cycle)
-                    ),
-                );
             }
-            let expected = self.check(&f("expected"), m.expected, true, "must be a finite number");
-            let tolerance = self.tolerance(&f("tolerance"), &m.tolerance)?;
-            let quantity = match m.quantity {
-                QuantityDto::Rms10Cycle => Quantity::Rms10Cycle,
-                QuantityDto::Rms150Cycle => Quantity::Rms150Cycle,
-                QuantityDto::UrmsHalfCycle => Quantity::UrmsHalfCycle,
-                QuantityDto::Thd => Quantity::Thd,
-                QuantityDto::Frequency => Quantity::Frequency,
-                QuantityDto::ActivePower => Quantity::ActivePower,
-                QuantityDto::Energy => Quantity::Energy,
-            };
             if matches!(quantity, Quantity::ActivePower | Quantity::Energy) {
                 let name = match quantity {
                     Quantity::Energy => "energy",

@@ -3,4 +3,4 @@
 
 mod lower;
 
-pub use lower::lower;
+pub use lower::{drift_temperature, lower};
