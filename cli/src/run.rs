@@ -310,6 +310,7 @@ pub fn panicked_outcome(
             detail: Some(detail),
         }],
         timeline: Vec::new(),
+        plots: Default::default(),
     }
 }
 
@@ -383,6 +384,7 @@ mod tests {
             stats: Default::default(),
             expectations: vec![],
             timeline: vec![],
+            plots: Default::default(),
         }
     }
 

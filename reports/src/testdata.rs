@@ -1,8 +1,11 @@
 //! Hand-built outcomes for reporter tests: one scenario that passes, one that fails.
 
+use sim_core::grid::Phase;
 use sim_core::outcome::{
-    ExpectationOutcome, LatencySummary, RunStats, ScenarioOutcome, TimelineEntry,
+    ExpectationOutcome, GroupPlot, LatencySummary, PlotData, PlotEvent, RunStats, ScenarioOutcome,
+    TimelineEntry,
 };
+use sim_core::scenario::{EventCode, Thresholds};
 
 pub(crate) fn passing() -> ScenarioOutcome {
     ScenarioOutcome {
@@ -68,6 +71,7 @@ pub(crate) fn passing() -> ScenarioOutcome {
                 what: "first alarm at head-end".into(),
             },
         ],
+        plots: passing_plots(),
     }
 }
 
@@ -122,6 +126,48 @@ pub(crate) fn failing() -> ScenarioOutcome {
         timeline: vec![TimelineEntry {
             at: 0.5,
             what: "harmonics 3rd 5 %, 5th 4 %".into(),
+        }],
+        plots: PlotData::default(),
+    }
+}
+
+/// Plot series of [`passing`]: a sag on L1 from 1.0 s to 1.2 s, a trip and a clear, and three
+/// alarm latencies.
+pub(crate) fn passing_plots() -> PlotData {
+    let phase = |sag: bool| -> Vec<(f64, f64)> {
+        (1..=200)
+            .map(|k| {
+                let t = f64::from(k) * 0.2;
+                let v = if sag && (1.0..1.4).contains(&t) {
+                    161.0
+                } else {
+                    230.0
+                };
+                (t, v)
+            })
+            .collect()
+    };
+    PlotData {
+        groups: vec![GroupPlot {
+            name: "feeder-a".into(),
+            thresholds: Thresholds::default(),
+            nominal: 230.0,
+            rms: vec![phase(true), phase(false), phase(false)],
+            events: vec![
+                PlotEvent {
+                    at: 1.0021,
+                    code: EventCode::UvTrip,
+                    phase: Phase::L1,
+                    value: 190.0,
+                },
+                PlotEvent {
+                    at: 1.2103,
+                    code: EventCode::UvClear,
+                    phase: Phase::L1,
+                    value: 229.0,
+                },
+            ],
+            alarm_latencies: vec![(1.0092, 0.0092), (1.0095, 0.0095), (1.0071, 0.0071)],
         }],
     }
 }

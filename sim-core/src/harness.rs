@@ -17,7 +17,10 @@ use crate::head_end::{Alarm, AlarmKind, HeadEnd};
 use crate::measure::{Aggregator, MeasureConfig, MeasureEvent, Measurement, PqEvent};
 use crate::meter::{self, Message, Meter, MeterConfig, MeterEvent};
 use crate::network::Link;
-use crate::outcome::{LatencySummary, RunStats, ScenarioOutcome, TimelineEntry};
+use crate::outcome::{
+    GroupPlot, LatencySummary, PlotData, PlotEvent, RunStats, ScenarioOutcome, TimelineEntry,
+    EVENTS_PLOT_MAX, LATENCIES_PLOT_MAX, RMS_PLOT_MAX,
+};
 use crate::rms_model::RmsFidelity;
 use crate::scenario::{
     EventCode, Expectation, Fidelity, MeterGroup, NetworkEventKind, Quantity, Scenario,
@@ -94,6 +97,8 @@ pub struct Observations {
     pub trip_alarms: Vec<AlarmRecord>,
     pub stats: RunStats,
     pub timeline: Vec<TimelineEntry>,
+    /// Series for plots: each group's probe RMS, trips and clears, and alarm latencies.
+    pub plots: PlotData,
 }
 
 /// Run `scenario` in sim mode. `file` is the path shown in reports.
@@ -111,6 +116,7 @@ pub fn run(scenario: &Scenario, file: &str) -> ScenarioOutcome {
         stats: obs.stats,
         expectations,
         timeline: obs.timeline,
+        plots: obs.plots,
     }
 }
 
@@ -307,6 +313,7 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
     let mut meters = Vec::with_capacity(sims.len());
     let mut probes = vec![Vec::new(); scenario.groups.len()];
     let mut pq_events = vec![Vec::new(); scenario.groups.len()];
+    let mut plot_groups: Vec<Option<GroupPlot>> = vec![None; scenario.groups.len()];
     for sim in sims {
         let record = sim.record();
         stats.samples += sim.samples * sim.cfg.channels as u64;
@@ -326,6 +333,30 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
         let missing = head_end.missing(record.id, record.produced);
         stats.unexplained_loss += missing.abs_diff(record.overflowed + record.buffered_at_end);
         if record.index == 0 {
+            let group = &scenario.groups[record.group];
+            plot_groups[record.group] = Some(GroupPlot {
+                name: group.name.clone(),
+                thresholds: group.thresholds,
+                nominal: scenario.grid.nominal,
+                rms: sim
+                    .sink
+                    .rms_trace
+                    .into_iter()
+                    .map(RmsTrace::finish)
+                    .collect(),
+                events: record
+                    .events
+                    .iter()
+                    .take(EVENTS_PLOT_MAX)
+                    .map(|(at, ev)| PlotEvent {
+                        at: *at,
+                        code: ev.code,
+                        phase: ev.phase,
+                        value: ev.value,
+                    })
+                    .collect(),
+                alarm_latencies: plot_latencies(&trip_alarms, record.group),
+            });
             probes[record.group] = sim.probes;
             pq_events[record.group] = sim.sink.pq_events;
         }
@@ -345,6 +376,9 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
         trip_alarms,
         stats,
         timeline,
+        plots: PlotData {
+            groups: plot_groups.into_iter().flatten().collect(),
+        },
     }
 }
 
@@ -498,6 +532,13 @@ impl<'a> MeterSim<'a> {
                 half_cycles: 0,
                 keep_pq: probe,
                 last_t: 0.0,
+                rms_trace: if probe {
+                    (0..scenario.grid.channels())
+                        .map(|_| RmsTrace::new(scenario.duration))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             },
             probes: if probe {
                 probe_requests(scenario, g)
@@ -629,6 +670,98 @@ struct MeterSink {
     keep_pq: bool,
     /// Time of the last event handled.
     last_t: Seconds,
+    /// The probe meter's 10/12-cycle RMS per channel, for plots (empty for other meters).
+    rms_trace: Vec<RmsTrace>,
+}
+
+/// One channel's 10/12-cycle RMS for plots, bounded: time is cut into `RMS_PLOT_MAX / 2` equal
+/// buckets over the scenario and each bucket keeps its minimum and maximum (in time order), so
+/// a run with at most two windows per bucket keeps every window. Depends only on the windows,
+/// not on how the run was sliced.
+#[derive(Debug, Clone)]
+struct RmsTrace {
+    bucket: Seconds,
+    points: Vec<(Seconds, f64)>,
+    /// (bucket index, minimum, maximum) of the bucket being filled.
+    open: Option<OpenBucket>,
+}
+
+/// (bucket index, (t, minimum), (t, maximum)).
+type OpenBucket = (usize, (Seconds, f64), (Seconds, f64));
+
+impl RmsTrace {
+    const BUCKETS: usize = RMS_PLOT_MAX / 2;
+
+    fn new(duration: Seconds) -> Self {
+        let bucket = duration / Self::BUCKETS as f64;
+        RmsTrace {
+            bucket: if bucket.is_finite() && bucket > 0.0 {
+                bucket
+            } else {
+                1.0
+            },
+            points: Vec::new(),
+            open: None,
+        }
+    }
+
+    fn push(&mut self, t: Seconds, v: f64) {
+        if !t.is_finite() || !v.is_finite() {
+            return;
+        }
+        // Windows may end a little after the scenario: they share the last bucket.
+        let k = ((t / self.bucket).floor().max(0.0) as usize).min(Self::BUCKETS - 1);
+        match &mut self.open {
+            Some((open, lo, hi)) if *open == k => {
+                if v < lo.1 {
+                    *lo = (t, v);
+                }
+                if v > hi.1 {
+                    *hi = (t, v);
+                }
+            }
+            _ => {
+                self.close();
+                self.open = Some((k, (t, v), (t, v)));
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some((_, lo, hi)) = self.open.take() {
+            let (a, b) = if lo.0 <= hi.0 { (lo, hi) } else { (hi, lo) };
+            self.points.push(a);
+            if b.0 != a.0 {
+                self.points.push(b);
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<(Seconds, f64)> {
+        self.close();
+        self.points
+    }
+}
+
+/// (receive time, latency) of `group`'s trip alarms in receive order; beyond
+/// [`LATENCIES_PLOT_MAX`], evenly spaced order statistics of the latency (smallest and largest
+/// included), so a CDF drawn from them keeps its shape.
+fn plot_latencies(trip_alarms: &[AlarmRecord], group: usize) -> Vec<(Seconds, Seconds)> {
+    let mut all: Vec<(Seconds, Seconds)> = trip_alarms
+        .iter()
+        .filter(|a| a.group == group)
+        .map(|a| (a.alarm.receive_time, a.latency()))
+        .collect();
+    if all.len() <= LATENCIES_PLOT_MAX {
+        return all;
+    }
+    all.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.total_cmp(&b.0)));
+    let last = all.len() - 1;
+    let mut kept: Vec<(Seconds, Seconds)> = (0..LATENCIES_PLOT_MAX)
+        .map(|i| all[i * last / (LATENCIES_PLOT_MAX - 1)])
+        .collect();
+    kept.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    kept
 }
 
 impl MeterSink {
@@ -646,6 +779,13 @@ impl MeterSink {
             match ev {
                 MeasureEvent::HalfCycle { .. } => self.half_cycles += 1,
                 MeasureEvent::Pq(pq) if self.keep_pq => self.pq_events.push(pq.clone()),
+                MeasureEvent::Rms10 {
+                    ch, t_end, value, ..
+                } => {
+                    if let Some(trace) = self.rms_trace.get_mut(*ch) {
+                        trace.push(*t_end, *value);
+                    }
+                }
                 _ => {}
             }
             for probe in probes.iter_mut() {

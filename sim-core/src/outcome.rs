@@ -1,6 +1,8 @@
 //! Results of running one scenario: what reporters consume. Deterministic for a seed: nothing
 //! here depends on wall-clock time.
 
+use crate::grid::Phase;
+use crate::scenario::{EventCode, Thresholds};
 use crate::time::Seconds;
 
 /// The verdict on one expectation, with measured against expected in words and numbers.
@@ -79,6 +81,51 @@ pub struct ScenarioOutcome {
     pub expectations: Vec<ExpectationOutcome>,
     /// Disturbance onsets, network faults, first trips and alarms (bounded length).
     pub timeline: Vec<TimelineEntry>,
+    /// Series for plots (not part of the JSON results document).
+    pub plots: PlotData,
+}
+
+/// Most points kept per phase per group in [`GroupPlot::rms`]: long runs keep the minimum and
+/// maximum of each of `RMS_PLOT_MAX / 2` equal time buckets.
+pub const RMS_PLOT_MAX: usize = 4000;
+/// Most trip/clear markers kept per group (the first ones).
+pub const EVENTS_PLOT_MAX: usize = 2000;
+/// Most alarm latencies kept per group (evenly spaced order statistics beyond that).
+pub const LATENCIES_PLOT_MAX: usize = 10_000;
+
+/// What plots are drawn from, per meter group. Bounded: see [`RMS_PLOT_MAX`],
+/// [`EVENTS_PLOT_MAX`] and [`LATENCIES_PLOT_MAX`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PlotData {
+    pub groups: Vec<GroupPlot>,
+}
+
+/// One meter group's series: its probe meter (meter 0) and the head-end's trip alarms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupPlot {
+    pub name: String,
+    /// The group's trip limits.
+    pub thresholds: Thresholds,
+    /// Nominal phase voltage, V.
+    pub nominal: f64,
+    /// Per phase (index = channel): (window end, 10/12-cycle RMS in V) of the probe meter, in
+    /// time order, decimated to at most [`RMS_PLOT_MAX`] points by min/max per bucket.
+    pub rms: Vec<Vec<(Seconds, f64)>>,
+    /// The probe meter's trips and clears, in time order.
+    pub events: Vec<PlotEvent>,
+    /// (head-end receive time, onset-to-alarm latency) of the group's trip alarms, in receive
+    /// order.
+    pub alarm_latencies: Vec<(Seconds, Seconds)>,
+}
+
+/// A trip or clear of a probe meter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlotEvent {
+    pub at: Seconds,
+    pub code: EventCode,
+    pub phase: Phase,
+    /// The Urms(1/2) value that caused it, V.
+    pub value: f64,
 }
 
 impl ScenarioOutcome {

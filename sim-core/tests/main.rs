@@ -433,3 +433,60 @@ fn slice_length_does_not_change_the_result() {
         );
     }
 }
+
+#[test]
+fn plot_series_are_bounded_and_keep_the_extremes() {
+    // 1000 s of 10/12-cycle windows (≈ 5000 per phase) are decimated to one or two points in
+    // each of 2000 buckets (one when the bucket is flat: minimum and maximum are one window),
+    // and the bucket holding the sag keeps its minimum.
+    let s = scenario(
+        vec![group("r", 1, Fidelity::Rms)],
+        vec![sag(500.0, &[Phase::L1], 0.5, 0.5)],
+        1000.0,
+    );
+    let obs = simulate(&s);
+    assert_eq!(obs.plots.groups.len(), 1);
+    let g = &obs.plots.groups[0];
+    assert_eq!(g.name, "r");
+    assert_eq!(g.thresholds, Thresholds::default());
+    assert_eq!(g.nominal, 240.0);
+    assert_eq!(g.rms.len(), 3);
+    for trace in &g.rms {
+        assert!(
+            (2000..=sim_core::outcome::RMS_PLOT_MAX).contains(&trace.len()),
+            "{} points",
+            trace.len()
+        );
+        assert!(trace.windows(2).all(|w| w[0].0 < w[1].0), "time order");
+    }
+    let min = |trace: &[(f64, f64)]| trace.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    // A 0.5 s sag to 120 V fills at least one 0.2 s window entirely.
+    assert!((min(&g.rms[0]) - 120.0).abs() < 2.0, "{}", min(&g.rms[0]));
+    assert!(min(&g.rms[1]) > 235.0);
+    let trip = g.events.first().unwrap();
+    assert_eq!((trip.code, trip.phase), (EventCode::UvTrip, Phase::L1));
+    assert!((500.0..500.05).contains(&trip.at), "{}", trip.at);
+    assert!(g
+        .events
+        .iter()
+        .any(|e| e.code == EventCode::UvClear && e.at > 500.5));
+    assert_eq!(g.alarm_latencies.len(), obs.trip_alarms.len());
+    for (rx, lat) in &g.alarm_latencies {
+        assert!(*lat > 0.0 && *lat < 1.0 && *rx > 500.0, "{rx} {lat}");
+    }
+}
+
+#[test]
+fn short_runs_keep_every_rms_window_for_plots() {
+    let s = scenario(vec![group("w", 1, Fidelity::Waveform)], vec![], 12.0);
+    let obs = simulate(&s);
+    let trace = &obs.plots.groups[0].rms[0];
+    // 12-cycle windows at 60 Hz are 0.2 s: 59 or 60 of them end within 12 s.
+    assert!((59..=60).contains(&trace.len()), "{}", trace.len());
+    for w in trace.windows(2) {
+        assert!((w[1].0 - w[0].0 - 0.2).abs() < 1e-3, "{:?}", w);
+    }
+    assert!(trace.iter().all(|p| (p.1 - 240.0).abs() < 1.0));
+    assert!(obs.plots.groups[0].events.is_empty());
+    assert!(obs.plots.groups[0].alarm_latencies.is_empty());
+}
