@@ -16,6 +16,7 @@ pub mod comtrade;
 pub mod json;
 pub mod junit;
 pub mod markdown;
+pub mod plots;
 pub mod terminal;
 
 #[cfg(test)]
@@ -57,6 +58,8 @@ pub enum ReportError {
     Junit(#[from] quick_junit::SerializeError),
     #[error("failed to serialize JSON results: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("failed to draw a plot: {0}")]
+    Plot(String),
 }
 
 /// The whole run: every outcome in input order, and how it was invoked.

@@ -1,0 +1,593 @@
+//! SVG plots of a scenario run, drawn with plotters from the outcome's [`PlotData`]:
+//!
+//! - the **RMS trend** of each group's probe meter: the 10/12-cycle RMS per phase against time,
+//!   the upper and lower trip limits as lines, the hysteresis bands shaded (where a tripped
+//!   phase has not cleared yet), trip and clear markers, and alarm-arrival markers;
+//! - the **alarm-latency CDF** of each group's head-end trip alarms, with the spec's limit
+//!   ([`ALARM_LATENCY_LIMIT_MS`]) drawn.
+//!
+//! Axis labels carry units and every plot has a legend. Text stays text (`<text>` elements,
+//! `sans-serif`), so the SVG needs no font files. Deterministic: the same outcome gives the
+//! same bytes.
+
+use std::io::Write;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use sim_core::outcome::{GroupPlot, PlotEvent, ScenarioOutcome};
+
+use crate::{trim_decimals, ReportError};
+
+/// The spec's limit on onset-to-alarm latency at the head-end, ms.
+pub const ALARM_LATENCY_LIMIT_MS: f64 = 50.0;
+/// Size of every plot, px.
+pub const PLOT_SIZE: (u32, u32) = (960, 480);
+/// Colour of the per-phase RMS lines (L1, L2, L3).
+pub const PHASE_COLORS: [RGBColor; 3] = [
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
+/// Colour of the upper (over-voltage) limit line.
+pub const UPPER_LIMIT_COLOR: RGBColor = RGBColor(214, 39, 40);
+/// Colour of the lower (under-voltage) limit line.
+pub const LOWER_LIMIT_COLOR: RGBColor = RGBColor(255, 127, 14);
+/// Colour of the shaded hysteresis bands.
+pub const BAND_COLOR: RGBColor = RGBColor(255, 187, 120);
+/// Colour of trip markers (filled triangles).
+pub const TRIP_COLOR: RGBColor = RGBColor(200, 0, 0);
+/// Colour of clear markers (crosses).
+pub const CLEAR_COLOR: RGBColor = RGBColor(0, 128, 0);
+/// Colour of alarm-arrival markers (circles at the bottom of the RMS plot).
+pub const ALARM_COLOR: RGBColor = RGBColor(90, 90, 90);
+/// Colour of the latency CDF.
+pub const CDF_COLOR: RGBColor = RGBColor(31, 119, 180);
+/// Most alarm-arrival markers drawn on an RMS trend (the first ones by arrival).
+pub const ALARM_MARKERS_MAX: usize = 500;
+
+const FONT: &str = "sans-serif";
+
+/// One plot of a scenario: its file name inside `plots/` and what it shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlotFile {
+    /// `<scenario>-<group>-rms.svg` or `<scenario>-<group>-latency-cdf.svg`, with every
+    /// character outside `[A-Za-z0-9._-]` as `_`.
+    pub name: String,
+    /// The group the plot is about.
+    pub group: String,
+    /// `RMS trend` or `alarm-latency CDF`.
+    pub title: &'static str,
+    /// The SVG document.
+    pub svg: String,
+}
+
+/// Every plot of one scenario: per group, the RMS trend and, when the group raised trip
+/// alarms, the alarm-latency CDF.
+pub fn scenario_plots(outcome: &ScenarioOutcome) -> Result<Vec<PlotFile>, ReportError> {
+    let mut files = Vec::new();
+    for g in &outcome.plots.groups {
+        let stem = format!("{}-{}", file_part(&outcome.name), file_part(&g.name));
+        files.push(PlotFile {
+            name: format!("{stem}-rms.svg"),
+            group: g.name.clone(),
+            title: "RMS trend",
+            svg: rms_trend_svg(&outcome.name, g)?,
+        });
+        if let Some(svg) = latency_cdf_svg(&outcome.name, g)? {
+            files.push(PlotFile {
+                name: format!("{stem}-latency-cdf.svg"),
+                group: g.name.clone(),
+                title: "alarm-latency CDF",
+                svg,
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// `text` with every character outside `[A-Za-z0-9._-]` as `_` (and never empty or `.`/`..`).
+pub fn file_part(text: &str) -> String {
+    let s: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.chars().all(|c| c == '.') {
+        format!("_{s}")
+    } else {
+        s
+    }
+}
+
+/// Write [`rms_trend_svg`] to `out`.
+pub fn write_rms_trend(
+    out: &mut impl Write,
+    scenario: &str,
+    group: &GroupPlot,
+) -> Result<(), ReportError> {
+    out.write_all(rms_trend_svg(scenario, group)?.as_bytes())?;
+    Ok(())
+}
+
+/// Write [`latency_cdf_svg`] to `out`; false (nothing written) when there were no alarms.
+pub fn write_latency_cdf(
+    out: &mut impl Write,
+    scenario: &str,
+    group: &GroupPlot,
+) -> Result<bool, ReportError> {
+    match latency_cdf_svg(scenario, group)? {
+        Some(svg) => {
+            out.write_all(svg.as_bytes())?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+fn plot_error(e: impl std::fmt::Display) -> ReportError {
+    ReportError::Plot(e.to_string())
+}
+
+/// The RMS trend of `group`'s probe meter as an SVG document.
+pub fn rms_trend_svg(scenario: &str, group: &GroupPlot) -> Result<String, ReportError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
+        draw_rms_trend(&root, scenario, group).map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(svg)
+}
+
+type DrawResult = Result<(), DrawingAreaErrorKind<std::io::Error>>;
+
+fn draw_rms_trend(
+    root: &DrawingArea<SVGBackend<'_>, Shift>,
+    scenario: &str,
+    g: &GroupPlot,
+) -> DrawResult {
+    root.fill(&WHITE)?;
+    let th = g.thresholds;
+    let points = || g.rms.iter().flatten();
+    let t_max = points()
+        .map(|p| p.0)
+        .chain(g.events.iter().map(|e| e.at))
+        .fold(0.0_f64, f64::max);
+    let x_range = 0.0..if t_max > 0.0 { t_max } else { 1.0 };
+    let (mut lo, mut hi) = (th.lower, th.upper);
+    for v in points()
+        .map(|p| p.1)
+        .chain(g.events.iter().map(|e| e.value))
+    {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    let pad = ((hi - lo) * 0.08).max(2.0);
+    let y_range = (lo - pad).max(0.0)..hi + pad;
+    let (x0, x1) = (x_range.start, x_range.end);
+    let y_bottom = y_range.start;
+
+    let mut chart = ChartBuilder::on(root)
+        .caption(format!("{scenario} — {}: RMS trend", g.name), (FONT, 20))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x_range, y_range)?;
+    chart
+        .configure_mesh()
+        .x_desc("time since scenario start (s)")
+        .y_desc("10/12-cycle RMS (V)")
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(RGBColor(238, 238, 238))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()?;
+
+    // Hysteresis bands: a tripped phase clears only once back across the band.
+    let band = BAND_COLOR.mix(0.35).filled();
+    let h = th.hysteresis.max(0.0);
+    chart
+        .draw_series([
+            Rectangle::new([(x0, th.lower), (x1, th.lower + h)], band),
+            Rectangle::new([(x0, th.upper - h), (x1, th.upper)], band),
+        ])?
+        .label(format!("hysteresis bands ({} V)", trim_decimals(h, 3)))
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 18, y + 5)], band));
+    for (value, color, name) in [
+        (th.upper, UPPER_LIMIT_COLOR, "upper limit"),
+        (th.lower, LOWER_LIMIT_COLOR, "lower limit"),
+    ] {
+        let style = color.stroke_width(2);
+        chart
+            .draw_series(LineSeries::new([(x0, value), (x1, value)], style))?
+            .label(format!("{name} {} V", trim_decimals(value, 3)))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+    }
+    for (ch, trace) in g.rms.iter().enumerate() {
+        let color = PHASE_COLORS[ch % PHASE_COLORS.len()];
+        let style = color.stroke_width(1);
+        chart
+            .draw_series(LineSeries::new(trace.iter().copied(), style))?
+            .label(format!("L{} 10/12-cycle RMS", ch + 1))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+    }
+    let (trips, clears): (Vec<&PlotEvent>, Vec<&PlotEvent>) =
+        g.events.iter().partition(|e| e.code.is_trip());
+    if !trips.is_empty() {
+        let style = TRIP_COLOR.filled();
+        chart
+            .draw_series(
+                trips
+                    .iter()
+                    .map(|e| TriangleMarker::new((e.at, e.value), 6, style)),
+            )?
+            .label("trip (Urms(1/2) at the trip)")
+            .legend(move |(x, y)| TriangleMarker::new((x + 9, y), 6, style));
+    }
+    if !clears.is_empty() {
+        let style = CLEAR_COLOR.stroke_width(2);
+        chart
+            .draw_series(clears.iter().map(|e| Cross::new((e.at, e.value), 5, style)))?
+            .label("clear (Urms(1/2) at the clear)")
+            .legend(move |(x, y)| Cross::new((x + 9, y), 5, style));
+    }
+    if !g.alarm_latencies.is_empty() {
+        let style = ALARM_COLOR.filled();
+        let mut arrivals: Vec<f64> = g.alarm_latencies.iter().map(|a| a.0).collect();
+        arrivals.sort_by(f64::total_cmp);
+        arrivals.dedup();
+        arrivals.truncate(ALARM_MARKERS_MAX);
+        chart
+            .draw_series(
+                arrivals
+                    .iter()
+                    .filter(|t| **t <= x1)
+                    .map(|t| Circle::new((*t, y_bottom), 4, style)),
+            )?
+            .label("trip alarm at the head-end")
+            .legend(move |(x, y)| Circle::new((x + 9, y), 4, style));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// The CDF of `group`'s onset-to-alarm latencies as an SVG document, with the spec limit
+/// drawn; `None` when the group raised no trip alarm.
+pub fn latency_cdf_svg(scenario: &str, group: &GroupPlot) -> Result<Option<String>, ReportError> {
+    if group.alarm_latencies.is_empty() {
+        return Ok(None);
+    }
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
+        draw_latency_cdf(&root, scenario, group).map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(Some(svg))
+}
+
+fn draw_latency_cdf(
+    root: &DrawingArea<SVGBackend<'_>, Shift>,
+    scenario: &str,
+    g: &GroupPlot,
+) -> DrawResult {
+    root.fill(&WHITE)?;
+    let mut ms: Vec<f64> = g
+        .alarm_latencies
+        .iter()
+        .map(|a| a.1 * 1e3)
+        .filter(|v| v.is_finite())
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let n = ms.len().max(1) as f64;
+    let max = ms.last().copied().unwrap_or(0.0);
+    let x_max = max.max(ALARM_LATENCY_LIMIT_MS) * 1.1;
+    let mut chart = ChartBuilder::on(root)
+        .caption(
+            format!("{scenario} — {}: alarm-latency CDF", g.name),
+            (FONT, 20),
+        )
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..x_max, 0.0..1.05)?;
+    chart
+        .configure_mesh()
+        .x_desc("onset-to-alarm latency (ms)")
+        .y_desc("fraction of trip alarms")
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(RGBColor(238, 238, 238))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()?;
+    // An empirical CDF is a staircase: up by 1/n at each latency.
+    let mut steps = vec![(0.0, 0.0)];
+    for (i, v) in ms.iter().enumerate() {
+        steps.push((*v, i as f64 / n));
+        steps.push((*v, (i + 1) as f64 / n));
+    }
+    steps.push((x_max, 1.0));
+    let style = CDF_COLOR.stroke_width(2);
+    chart
+        .draw_series(LineSeries::new(steps, style))?
+        .label(format!("CDF of {} trip alarms", ms.len()))
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+    let limit = UPPER_LIMIT_COLOR.stroke_width(2);
+    chart
+        .draw_series(LineSeries::new(
+            [
+                (ALARM_LATENCY_LIMIT_MS, 0.0),
+                (ALARM_LATENCY_LIMIT_MS, 1.05),
+            ],
+            limit,
+        ))?
+        .label(format!(
+            "spec limit {} ms",
+            trim_decimals(ALARM_LATENCY_LIMIT_MS, 3)
+        ))
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], limit));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testdata;
+    use sim_core::outcome::PlotData;
+
+    /// The value of attribute `name` in one SVG tag.
+    fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+        let key = format!(" {name}=\"");
+        let start = tag.find(&key)? + key.len();
+        let len = tag[start..].find('"')?;
+        Some(&tag[start..start + len])
+    }
+
+    /// Every `<kind …>` opening tag in `svg`.
+    fn tags<'a>(svg: &'a str, kind: &str) -> Vec<&'a str> {
+        let open = format!("<{kind} ");
+        svg.match_indices(&open)
+            .map(|(i, _)| {
+                let end = svg[i..].find('>').unwrap();
+                &svg[i..i + end]
+            })
+            .collect()
+    }
+
+    /// (x, y, text-anchor, content) of every `<text>`.
+    fn texts(svg: &str) -> Vec<(f64, f64, String, String)> {
+        svg.match_indices("<text ")
+            .map(|(i, _)| {
+                let end = i + svg[i..].find('>').unwrap();
+                let tag = &svg[i..end];
+                let close = end + svg[end..].find("</text>").unwrap();
+                (
+                    attr(tag, "x").unwrap().parse().unwrap(),
+                    attr(tag, "y").unwrap().parse().unwrap(),
+                    attr(tag, "text-anchor").unwrap().to_owned(),
+                    svg[end + 1..close].trim().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn hex(c: RGBColor) -> String {
+        format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
+    }
+
+    /// Points of every polyline drawn in `color`.
+    fn polylines(svg: &str, color: RGBColor) -> Vec<Vec<(f64, f64)>> {
+        tags(svg, "polyline")
+            .into_iter()
+            .filter(|t| attr(t, "stroke") == Some(hex(color).as_str()))
+            .map(|t| {
+                attr(t, "points")
+                    .unwrap()
+                    .split_whitespace()
+                    .map(|p| {
+                        let (x, y) = p.split_once(',').unwrap();
+                        (x.parse().unwrap(), y.parse().unwrap())
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Pixel position of `value` on an axis, fitted through its numeric tick labels
+    /// (`anchor` = `end` for the y axis, `middle` for the x axis).
+    fn axis(svg: &str, anchor: &str, value: f64) -> f64 {
+        let ticks: Vec<(f64, f64)> = texts(svg)
+            .into_iter()
+            .filter(|t| t.2 == anchor)
+            .filter_map(|t| {
+                let v: f64 = t.3.parse().ok()?;
+                Some((v, if anchor == "end" { t.1 } else { t.0 }))
+            })
+            .collect();
+        assert!(ticks.len() >= 3, "tick labels: {ticks:?}");
+        let (a, b) = (ticks[0], ticks[ticks.len() - 1]);
+        a.1 + (value - a.0) * (b.1 - a.1) / (b.0 - a.0)
+    }
+
+    fn has_text(svg: &str, want: &str) -> bool {
+        texts(svg).iter().any(|t| t.3 == want)
+    }
+
+    #[test]
+    fn rms_trend_draws_limits_bands_markers_axes_and_legend() {
+        let o = testdata::passing();
+        let g = &o.plots.groups[0];
+        let svg = rms_trend_svg(&o.name, g).unwrap();
+
+        // Limit lines: horizontal, across the plot, at 252 V and 210 V on the y axis.
+        for (color, volts) in [(UPPER_LIMIT_COLOR, 252.0), (LOWER_LIMIT_COLOR, 210.0)] {
+            let lines = polylines(&svg, color);
+            let line = lines
+                .iter()
+                .find(|l| l.len() == 2 && l[1].0 - l[0].0 > 500.0)
+                .unwrap_or_else(|| panic!("no limit line in {}", hex(color)));
+            assert_eq!(line[0].1, line[1].1, "horizontal");
+            let want = axis(&svg, "end", volts);
+            assert!((line[0].1 - want).abs() <= 1.5, "{volts} V at y {want}");
+        }
+        // Hysteresis bands: two shaded rectangles 2 V high, against the limits.
+        let bands: Vec<(f64, f64)> = tags(&svg, "rect")
+            .into_iter()
+            .filter(|t| attr(t, "fill") == Some(hex(BAND_COLOR).as_str()))
+            .map(|t| {
+                let y: f64 = attr(t, "y").unwrap().parse().unwrap();
+                let h: f64 = attr(t, "height").unwrap().parse().unwrap();
+                (y, y + h)
+            })
+            .collect();
+        // Two bands and the legend swatch.
+        assert_eq!(bands.len(), 3, "{bands:?}");
+        let (y210, y212) = (axis(&svg, "end", 210.0), axis(&svg, "end", 212.0));
+        assert!(bands
+            .iter()
+            .any(|b| (b.1 - y210).abs() <= 1.5 && (b.0 - y212).abs() <= 1.5));
+        let (y250, y252) = (axis(&svg, "end", 250.0), axis(&svg, "end", 252.0));
+        assert!(bands
+            .iter()
+            .any(|b| (b.1 - y250).abs() <= 1.5 && (b.0 - y252).abs() <= 1.5));
+
+        // One trip triangle and one clear cross (each plus its legend sample), one alarm
+        // arrival per distinct receive time (plus the legend's).
+        let trips = tags(&svg, "polygon")
+            .into_iter()
+            .filter(|t| attr(t, "fill") == Some(hex(TRIP_COLOR).as_str()))
+            .count();
+        assert_eq!(trips, 2);
+        let cross_strokes = tags(&svg, "line")
+            .into_iter()
+            .filter(|t| attr(t, "stroke") == Some(hex(CLEAR_COLOR).as_str()))
+            .count();
+        assert_eq!(cross_strokes, 4, "two strokes per cross");
+        let arrivals = tags(&svg, "circle")
+            .into_iter()
+            .filter(|t| attr(t, "fill") == Some(hex(ALARM_COLOR).as_str()))
+            .count();
+        assert_eq!(arrivals, 3 + 1);
+        // The trip marker sits at the trip's time and value.
+        let tri = tags(&svg, "polygon")
+            .into_iter()
+            .find(|t| attr(t, "fill") == Some(hex(TRIP_COLOR).as_str()))
+            .unwrap();
+        let pts: Vec<f64> = attr(tri, "points")
+            .unwrap()
+            .split([' ', ','])
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let cx = (pts[0] + pts[2] + pts[4]) / 3.0;
+        assert!((cx - axis(&svg, "middle", 1.0021)).abs() <= 2.0, "{cx}");
+
+        // Phase traces, one per phase, and the sag's minimum on L1.
+        for (ch, color) in PHASE_COLORS.iter().enumerate() {
+            let line = polylines(&svg, *color)
+                .into_iter()
+                .max_by_key(Vec::len)
+                .unwrap();
+            assert!(line.len() > 10, "L{} trace", ch + 1);
+        }
+        let l1_low = polylines(&svg, PHASE_COLORS[0])
+            .into_iter()
+            .flatten()
+            .map(|p| p.1)
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!((l1_low - axis(&svg, "end", 161.0)).abs() <= 1.5);
+
+        // Axis labels with units, legend entries, caption.
+        assert!(has_text(&svg, "time since scenario start (s)"));
+        assert!(has_text(&svg, "10/12-cycle RMS (V)"));
+        for entry in [
+            "upper limit 252 V",
+            "lower limit 210 V",
+            "hysteresis bands (2 V)",
+            "L1 10/12-cycle RMS",
+            "L2 10/12-cycle RMS",
+            "L3 10/12-cycle RMS",
+            "trip (Urms(1/2) at the trip)",
+            "clear (Urms(1/2) at the clear)",
+            "trip alarm at the head-end",
+        ] {
+            assert!(has_text(&svg, entry), "legend entry {entry}");
+        }
+        assert!(has_text(&svg, "sag-70pct-10-cycles — feeder-a: RMS trend"));
+        // Deterministic.
+        assert_eq!(svg, rms_trend_svg(&o.name, g).unwrap());
+    }
+
+    #[test]
+    fn latency_cdf_draws_the_spec_limit_axes_and_legend() {
+        let o = testdata::passing();
+        let g = &o.plots.groups[0];
+        let svg = latency_cdf_svg(&o.name, g).unwrap().unwrap();
+        let limit = polylines(&svg, UPPER_LIMIT_COLOR)
+            .into_iter()
+            .find(|l| l.len() == 2 && l[0].0 == l[1].0)
+            .expect("a vertical limit line");
+        assert!((limit[0].0 - axis(&svg, "middle", 50.0)).abs() <= 1.5);
+        // The staircase reaches 1 after the largest latency (9.5 ms), 1/3 after the smallest.
+        let cdf = polylines(&svg, CDF_COLOR)
+            .into_iter()
+            .max_by_key(Vec::len)
+            .unwrap();
+        let y_at = |ms: f64| {
+            let x = axis(&svg, "middle", ms);
+            cdf.iter()
+                .filter(|p| p.0 <= x + 0.5)
+                .map(|p| p.1)
+                .fold(f64::INFINITY, f64::min)
+        };
+        assert!((y_at(9.6) - axis(&svg, "end", 1.0)).abs() <= 1.5);
+        assert!((y_at(7.5) - axis(&svg, "end", 1.0 / 3.0)).abs() <= 1.5);
+        assert!(has_text(&svg, "onset-to-alarm latency (ms)"));
+        assert!(has_text(&svg, "fraction of trip alarms"));
+        assert!(has_text(&svg, "spec limit 50 ms"));
+        assert!(has_text(&svg, "CDF of 3 trip alarms"));
+    }
+
+    #[test]
+    fn no_alarms_no_cdf_and_names_are_safe() {
+        let mut o = testdata::passing();
+        o.name = "a/b <c> & d".into();
+        o.plots.groups[0].alarm_latencies.clear();
+        o.plots.groups[0].name = "..".into();
+        let files = scenario_plots(&o).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].name, "a_b__c____d-_..-rms.svg");
+        assert!(files[0]
+            .svg
+            .contains("a/b &lt;c&gt; &amp; d — ..: RMS trend"));
+        assert_eq!(file_part(""), "_");
+        let mut buf = Vec::new();
+        assert!(!write_latency_cdf(&mut buf, &o.name, &o.plots.groups[0]).unwrap());
+        assert!(buf.is_empty());
+        write_rms_trend(&mut buf, &o.name, &o.plots.groups[0]).unwrap();
+        assert_eq!(String::from_utf8(buf).unwrap(), files[0].svg);
+        let empty = ScenarioOutcome {
+            plots: PlotData::default(),
+            ..o
+        };
+        assert!(scenario_plots(&empty).unwrap().is_empty());
+    }
+}
