@@ -1,6 +1,7 @@
 //! Consumers of a gridloop run: one typed event stream ([`RunEvent`]) feeds many
 //! [`Reporter`]s — the terminal summary, JUnit XML, the versioned JSON results document and the
-//! Markdown summary for CI job summaries and pull-request comments.
+//! Markdown summary for CI job summaries and pull-request comments, and the self-contained
+//! HTML page with inline SVG [`plots`].
 //!
 //! Every reporter writes to an `impl Write`, so each is tested against a `Vec<u8>`. Reporters
 //! know nothing about how the events were produced (sim, live or HIL; threads or not).
@@ -13,6 +14,7 @@ use sim_core::outcome::ScenarioOutcome;
 use sim_core::Seconds;
 
 pub mod comtrade;
+pub mod html;
 pub mod json;
 pub mod junit;
 pub mod markdown;
@@ -22,6 +24,7 @@ pub mod terminal;
 #[cfg(test)]
 mod testdata;
 
+pub use html::HtmlReporter;
 pub use json::{JsonReporter, JSON_FORMAT, JSON_VERSION};
 pub use junit::JunitReporter;
 pub use markdown::{shell_quote, MarkdownReporter};
