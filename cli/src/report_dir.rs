@@ -1,11 +1,13 @@
 //! `gridloop run --report DIR`: the report directory with `summary.md` (Markdown for a CI job
-//! summary or a pull-request comment), `results.json` and `junit.xml`.
+//! summary or a pull-request comment), `results.json`, `junit.xml`, the self-contained
+//! `index.html`, and `plots/` with each scenario's SVG plots (per group: the RMS trend and,
+//! when trip alarms were raised, the alarm-latency CDF).
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use reports::{JsonReporter, JunitReporter, MarkdownReporter, Reporter};
+use reports::{HtmlReporter, JsonReporter, JunitReporter, MarkdownReporter, Reporter, RunSummary};
 
 use crate::exit::{Failure, OrExit, ENVIRONMENT};
 use crate::staged::StagedFile;
@@ -16,6 +18,10 @@ pub const SUMMARY_MD: &str = "summary.md";
 pub const RESULTS_JSON: &str = "results.json";
 /// File name of the JUnit XML inside the report directory.
 pub const JUNIT_XML: &str = "junit.xml";
+/// File name of the HTML report inside the report directory.
+pub const INDEX_HTML: &str = "index.html";
+/// Folder of the SVG plots inside the report directory.
+pub const PLOTS_DIR: &str = reports::html::PLOTS_DIR;
 
 /// A reporter and the path it writes, for error messages.
 pub type FileReporter = (String, Box<dyn Reporter>);
@@ -72,7 +78,7 @@ impl StagedReporters {
     }
 }
 
-/// Create `dir` (and its parents) and stage its three report files, before anything runs:
+/// Create `dir` (and its parents) and stage its report files, before anything runs:
 /// any failure is exit 3 naming the directory or file.
 pub fn open(dir: &Path, into: &mut StagedReporters) -> Result<(), Failure> {
     std::fs::create_dir_all(dir).or_exit(ENVIRONMENT, || {
@@ -85,6 +91,37 @@ pub fn open(dir: &Path, into: &mut StagedReporters) -> Result<(), Failure> {
     )?;
     into.add(&dir.join(RESULTS_JSON), "JSON", JsonReporter::new)?;
     into.add(&dir.join(JUNIT_XML), "JUnit", JunitReporter::new)?;
+    into.add(&dir.join(INDEX_HTML), "HTML", HtmlReporter::new)?;
+    Ok(())
+}
+
+/// Stage every scenario's plots as `DIR/plots/<name>.svg` (renamed into place with the other
+/// files by [`StagedReporters::commit`]); exit 3 naming the folder or file that cannot be
+/// written.
+pub fn stage_plots(
+    dir: &Path,
+    summary: &RunSummary,
+    into: &mut StagedReporters,
+) -> Result<(), Failure> {
+    let plots = reports::html::run_plots(summary)
+        .or_exit(ENVIRONMENT, || "cannot draw the plots".to_owned())?;
+    if plots.iter().all(Vec::is_empty) {
+        return Ok(());
+    }
+    let folder = dir.join(PLOTS_DIR);
+    std::fs::create_dir_all(&folder).or_exit(ENVIRONMENT, || {
+        format!("cannot create the plots folder {}", folder.display())
+    })?;
+    for plot in plots.iter().flatten() {
+        let path = folder.join(&plot.name);
+        let what = || format!("cannot write the plot {}", path.display());
+        let (staged, file) = StagedFile::create(&path).or_exit(ENVIRONMENT, what)?;
+        into.files.push(staged);
+        let mut out = BufWriter::new(file);
+        out.write_all(plot.svg.as_bytes())
+            .and_then(|()| out.flush())
+            .or_exit(ENVIRONMENT, what)?;
+    }
     Ok(())
 }
 

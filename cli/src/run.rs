@@ -39,6 +39,7 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
             crate::report_dir::SUMMARY_MD,
             crate::report_dir::RESULTS_JSON,
             crate::report_dir::JUNIT_XML,
+            crate::report_dir::INDEX_HTML,
         ] {
             outputs.push((format!("--report ({name})"), dir.join(name)));
         }
@@ -171,6 +172,9 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
     if !file_errors.is_empty() {
         // The staged files are dropped unrenamed: every old report stays as it was.
         return Err(Failure::msg(ENVIRONMENT, file_errors.join("\n")));
+    }
+    if let Some(dir) = &args.report {
+        crate::report_dir::stage_plots(dir, &summary, &mut staged)?;
     }
     staged.commit()?;
     Ok(if summary.passed() {

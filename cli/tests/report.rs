@@ -77,6 +77,39 @@ fn report_dir_holds_summary_results_and_junit() {
     let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
     let suites: Vec<&str> = report.test_suites.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(suites, ["fixture-sag-trips", "fixture-steady"]);
+
+    // index.html: both scenarios linked to their sections, plots inline, the reproduce command.
+    let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+    for id in ["s1-fixture-sag-trips", "s2-fixture-steady"] {
+        assert!(html.contains(&format!("<a href=\"#{id}\">")), "{id}");
+        assert!(html.contains(&format!("<section id=\"{id}\">")), "{id}");
+    }
+    assert!(html.contains("<code>gridloop run tests/fixtures/pass --quiet --report "));
+    assert!(html.contains("seed 42"));
+    // Plot files: an RMS trend per scenario (one group each) and a latency CDF for the one
+    // that raised trip alarms; each is inline in index.html too.
+    let plots = dir.join("plots");
+    let mut names: Vec<String> = std::fs::read_dir(&plots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "fixture-sag-trips-feeder-a-latency-cdf.svg",
+            "fixture-sag-trips-feeder-a-rms.svg",
+            "fixture-steady-feeder-b-rms.svg",
+        ]
+    );
+    let rms = std::fs::read_to_string(plots.join("fixture-sag-trips-feeder-a-rms.svg")).unwrap();
+    assert!(rms.starts_with("<svg "), "{rms}");
+    assert!(rms.contains("fixture-sag-trips — feeder-a: RMS trend"));
+    assert!(rms.contains("upper limit 252 V") && rms.contains("lower limit 210 V"));
+    assert!(rms.contains("10/12-cycle RMS (V)"));
+    assert!(html.contains(&rms), "the plot file is the inline SVG");
+    assert_eq!(html.matches("<svg ").count(), 3);
 }
 
 #[test]
@@ -112,7 +145,7 @@ fn failing_run_summary_expands_the_failure_and_reproduces_with_the_seed() {
     assert!(md.contains(
         "Reproduce this scenario: `gridloop run tests/fixtures/fail/impossible-trip.yaml --seed 5`"
     ));
-    for name in ["results.json", "junit.xml"] {
+    for name in ["results.json", "junit.xml", "index.html"] {
         assert!(dir.join(name).is_file(), "{name}");
     }
     let xml = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
