@@ -1,8 +1,10 @@
-//! SVG plots of a scenario run, drawn with plotters from the outcome's [`PlotData`]:
+//! SVG plots of a scenario run, drawn with plotters from the outcome's
+//! [`PlotData`](sim_core::outcome::PlotData):
 //!
-//! - the **RMS trend** of each group's probe meter: the 10/12-cycle RMS per phase against time,
-//!   the upper and lower trip limits as lines, the hysteresis bands shaded (where a tripped
-//!   phase has not cleared yet), trip and clear markers, and alarm-arrival markers;
+//! - the **RMS trend** of each group's probe meter: the 10/12-cycle RMS per phase against time
+//!   (each window's value drawn as a level over the window), the upper and lower trip limits as
+//!   lines, the hysteresis bands shaded (where a tripped phase has not cleared yet), trip and
+//!   clear markers (at the Urms(1/2) value that caused them), and alarm-arrival markers;
 //! - the **alarm-latency CDF** of each group's head-end trip alarms, with the spec's limit
 //!   ([`ALARM_LATENCY_LIMIT_MS`]) drawn.
 //!
@@ -212,7 +214,7 @@ fn draw_rms_trend(
         let color = PHASE_COLORS[ch % PHASE_COLORS.len()];
         let style = color.stroke_width(1);
         chart
-            .draw_series(LineSeries::new(trace.iter().copied(), style))?
+            .draw_series(LineSeries::new(steps(trace), style))?
             .label(format!("L{} 10/12-cycle RMS", ch + 1))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
     }
@@ -260,6 +262,22 @@ fn draw_rms_trend(
         .border_style(BLACK)
         .draw()?;
     Ok(())
+}
+
+/// A window's value holds over the window: each (end, value) is drawn as a level from the
+/// previous window's end (the first window starts one window length before its end).
+fn steps(trace: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut out = Vec::with_capacity(trace.len() * 2);
+    for (i, &(t, v)) in trace.iter().enumerate() {
+        let start = match (i, trace.get(1)) {
+            (0, Some(next)) => (2.0 * t - next.0).max(0.0),
+            (0, None) => t,
+            _ => trace[i - 1].0,
+        };
+        out.push((start, v));
+        out.push((t, v));
+    }
+    out
 }
 
 /// The CDF of `group`'s onset-to-alarm latencies as an SVG document, with the spec limit
@@ -564,6 +582,28 @@ mod tests {
         assert!(has_text(&svg, "fraction of trip alarms"));
         assert!(has_text(&svg, "spec limit 50 ms"));
         assert!(has_text(&svg, "CDF of 3 trip alarms"));
+    }
+
+    #[test]
+    fn windows_are_drawn_as_levels() {
+        assert_eq!(
+            steps(&[(0.2, 1.0), (0.4, 2.0), (0.6, 3.0)]),
+            [
+                (0.0, 1.0),
+                (0.2, 1.0),
+                (0.2, 2.0),
+                (0.4, 2.0),
+                (0.4, 3.0),
+                (0.6, 3.0)
+            ]
+        );
+        assert_eq!(
+            steps(&[(0.1, 5.0), (0.3, 5.0)])[0],
+            (0.0, 5.0),
+            "not before 0"
+        );
+        assert_eq!(steps(&[(0.2, 1.0)]), [(0.2, 1.0), (0.2, 1.0)]);
+        assert!(steps(&[]).is_empty());
     }
 
     #[test]
