@@ -87,8 +87,8 @@ fn report_dir_holds_summary_results_and_junit() {
     }
     assert!(html.contains("<code>gridloop run tests/fixtures/pass --quiet --report "));
     assert!(html.contains("seed 42"));
-    // Plot files: an RMS trend per scenario (one group each) and a latency CDF for the one
-    // that raised trip alarms; each is inline in index.html too.
+    // Plot files: an RMS trend per scenario (one group each), and for the one that tripped
+    // (two meters) a latency CDF and trips over time; each is inline in index.html too.
     let plots = dir.join("plots");
     let mut names: Vec<String> = std::fs::read_dir(&plots)
         .unwrap()
@@ -100,6 +100,7 @@ fn report_dir_holds_summary_results_and_junit() {
         [
             "fixture-sag-trips-feeder-a-latency-cdf.svg",
             "fixture-sag-trips-feeder-a-rms.svg",
+            "fixture-sag-trips-fleet-trips.svg",
             "fixture-steady-feeder-b-rms.svg",
         ]
     );
@@ -109,7 +110,7 @@ fn report_dir_holds_summary_results_and_junit() {
     assert!(rms.contains("upper limit 252 V") && rms.contains("lower limit 210 V"));
     assert!(rms.contains("10/12-cycle RMS (V)"));
     assert!(html.contains(&rms), "the plot file is the inline SVG");
-    assert_eq!(html.matches("<svg ").count(), 3);
+    assert_eq!(html.matches("<svg ").count(), 4);
 }
 
 #[test]

@@ -6,7 +6,9 @@
 //!   lines, the hysteresis bands shaded (where a tripped phase has not cleared yet), trip and
 //!   clear markers (at the Urms(1/2) value that caused them), and alarm-arrival markers;
 //! - the **alarm-latency CDF** of each group's head-end trip alarms, with the spec's limit
-//!   ([`ALARM_LATENCY_LIMIT_MS`]) drawn.
+//!   ([`ALARM_LATENCY_LIMIT_MS`]) drawn;
+//! - for fleets (more than one meter), **trips per group over time**: each group's cumulative
+//!   count of trips at all its meters.
 //!
 //! Axis labels carry units and every plot has a legend. Text stays text (`<text>` elements,
 //! `sans-serif`), so the SVG needs no font files. Deterministic: the same outcome gives the
@@ -44,6 +46,17 @@ pub const CLEAR_COLOR: RGBColor = RGBColor(0, 128, 0);
 pub const ALARM_COLOR: RGBColor = RGBColor(90, 90, 90);
 /// Colour of the latency CDF.
 pub const CDF_COLOR: RGBColor = RGBColor(31, 119, 180);
+/// Colours of the groups' lines in the fleet trips plot (cycled).
+pub const GROUP_COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
 /// Most alarm-arrival markers drawn on an RMS trend (the first ones by arrival).
 pub const ALARM_MARKERS_MAX: usize = 500;
 
@@ -64,7 +77,7 @@ pub struct PlotFile {
 }
 
 /// Every plot of one scenario: per group, the RMS trend and, when the group raised trip
-/// alarms, the alarm-latency CDF.
+/// alarms, the alarm-latency CDF; then, for a fleet that tripped, trips per group over time.
 pub fn scenario_plots(outcome: &ScenarioOutcome) -> Result<Vec<PlotFile>, ReportError> {
     let mut files = Vec::new();
     for g in &outcome.plots.groups {
@@ -84,7 +97,91 @@ pub fn scenario_plots(outcome: &ScenarioOutcome) -> Result<Vec<PlotFile>, Report
             });
         }
     }
+    if let Some(svg) = fleet_trips_svg(outcome)? {
+        files.push(PlotFile {
+            name: format!("{}-fleet-trips.svg", file_part(&outcome.name)),
+            group: "all groups".to_owned(),
+            title: "trips per group over time",
+            svg,
+        });
+    }
     Ok(files)
+}
+
+/// Each group's cumulative trips (all its meters) against time, as an SVG document; `None`
+/// unless the scenario has more than one meter and some meter tripped.
+pub fn fleet_trips_svg(outcome: &ScenarioOutcome) -> Result<Option<String>, ReportError> {
+    let groups = &outcome.plots.groups;
+    let meters: u64 = groups.iter().map(|g| u64::from(g.meters)).sum();
+    if meters < 2 || groups.iter().all(|g| g.trips.is_empty()) {
+        return Ok(None);
+    }
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
+        draw_fleet_trips(&root, outcome).map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(Some(svg))
+}
+
+fn draw_fleet_trips(root: &DrawingArea<SVGBackend<'_>, Shift>, o: &ScenarioOutcome) -> DrawResult {
+    root.fill(&WHITE)?;
+    let groups = &o.plots.groups;
+    let t_end = groups
+        .iter()
+        .flat_map(|g| g.trips.last().map(|b| b.0))
+        .fold(o.duration, f64::max)
+        .max(1e-3);
+    let most = groups
+        .iter()
+        .map(|g| g.trips.iter().map(|b| b.1).sum::<u64>())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut chart = ChartBuilder::on(root)
+        .caption(format!("{}: trips per group over time", o.name), (FONT, 20))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..t_end, 0.0..most as f64 * 1.08)?;
+    chart
+        .configure_mesh()
+        .x_desc("time since scenario start (s)")
+        .y_desc("trips, cumulative (count)")
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(RGBColor(238, 238, 238))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()?;
+    for (i, g) in groups.iter().enumerate() {
+        let style = GROUP_COLORS[i % GROUP_COLORS.len()].stroke_width(2);
+        let mut total = 0_u64;
+        let mut line = vec![(0.0, 0.0)];
+        for (end, n) in &g.trips {
+            line.push((*end, total as f64));
+            total += n;
+            line.push((*end, total as f64));
+        }
+        line.push((t_end, total as f64));
+        chart
+            .draw_series(LineSeries::new(line, style))?
+            .label(format!(
+                "{} ({}, {})",
+                g.name,
+                count(u64::from(g.meters), "meter"),
+                count(total, "trip")
+            ))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
 }
 
 /// `text` with every character outside `[A-Za-z0-9._-]` as `_` (and never empty or `.`/`..`).
@@ -128,6 +225,15 @@ pub fn write_latency_cdf(
             Ok(true)
         }
         None => Ok(false),
+    }
+}
+
+/// `1 trip`, `2 trips`.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
@@ -582,6 +688,65 @@ mod tests {
         assert!(has_text(&svg, "fraction of trip alarms"));
         assert!(has_text(&svg, "spec limit 50 ms"));
         assert!(has_text(&svg, "CDF of 3 trip alarms"));
+    }
+
+    #[test]
+    fn fleet_trips_count_up_per_group_with_axes_and_legend() {
+        let mut o = testdata::passing();
+        o.plots.groups[0].meters = 3;
+        o.plots.groups[0].trips = vec![(1.04, 3)];
+        let mut b = o.plots.groups[0].clone();
+        b.name = "feeder-b".into();
+        b.meters = 2;
+        b.trips = vec![(2.0, 1), (3.0, 1)];
+        o.plots.groups.push(b);
+        let svg = fleet_trips_svg(&o).unwrap().unwrap();
+        assert!(has_text(&svg, "feeder-a (3 meters, 3 trips)"));
+        assert!(has_text(&svg, "feeder-b (2 meters, 2 trips)"));
+        assert!(has_text(&svg, "time since scenario start (s)"));
+        assert!(has_text(&svg, "trips, cumulative (count)"));
+        // feeder-b's line: 0 until 2 s, 1 until 3 s, then 2 to the end (40 s).
+        let line = polylines(&svg, GROUP_COLORS[1])
+            .into_iter()
+            .max_by_key(Vec::len)
+            .unwrap();
+        let y = |n: f64| axis(&svg, "end", n);
+        let x = |t: f64| axis(&svg, "middle", t);
+        let want = [
+            (0.0, 0.0),
+            (2.0, 0.0),
+            (2.0, 1.0),
+            (3.0, 1.0),
+            (3.0, 2.0),
+            (40.0, 2.0),
+        ];
+        assert_eq!(line.len(), want.len());
+        for (p, (t, n)) in line.iter().zip(want) {
+            assert!(
+                (p.0 - x(t)).abs() <= 1.5 && (p.1 - y(n)).abs() <= 1.5,
+                "{p:?} vs {t} s {n}"
+            );
+        }
+        let names: Vec<String> = scenario_plots(&o)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names.last().unwrap(), "sag-70pct-10-cycles-fleet-trips.svg");
+        // One meter, or no trips: no fleet plot.
+        o.plots.groups.truncate(1);
+        o.plots.groups[0].meters = 1;
+        assert!(fleet_trips_svg(&o).unwrap().is_none());
+        o.plots.groups[0].meters = 5;
+        let svg = fleet_trips_svg(&o).unwrap().unwrap();
+        assert!(has_text(&svg, "feeder-a (5 meters, 3 trips)"));
+        o.plots.groups[0].trips = vec![(1.0, 1)];
+        assert!(has_text(
+            &fleet_trips_svg(&o).unwrap().unwrap(),
+            "feeder-a (5 meters, 1 trip)"
+        ));
+        o.plots.groups[0].trips.clear();
+        assert!(fleet_trips_svg(&o).unwrap().is_none());
     }
 
     #[test]

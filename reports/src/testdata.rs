@@ -168,6 +168,8 @@ pub(crate) fn passing_plots() -> PlotData {
                 },
             ],
             alarm_latencies: vec![(1.0092, 0.0092), (1.0095, 0.0095), (1.0071, 0.0071)],
+            meters: 1,
+            trips: vec![(1.04, 1)],
         }],
     }
 }

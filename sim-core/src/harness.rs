@@ -19,7 +19,7 @@ use crate::meter::{self, Message, Meter, MeterConfig, MeterEvent};
 use crate::network::Link;
 use crate::outcome::{
     GroupPlot, LatencySummary, PlotData, PlotEvent, RunStats, ScenarioOutcome, TimelineEntry,
-    EVENTS_PLOT_MAX, LATENCIES_PLOT_MAX, RMS_PLOT_MAX,
+    EVENTS_PLOT_MAX, LATENCIES_PLOT_MAX, RMS_PLOT_MAX, TRIP_BUCKETS,
 };
 use crate::rms_model::RmsFidelity;
 use crate::scenario::{
@@ -314,8 +314,16 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
     let mut probes = vec![Vec::new(); scenario.groups.len()];
     let mut pq_events = vec![Vec::new(); scenario.groups.len()];
     let mut plot_groups: Vec<Option<GroupPlot>> = vec![None; scenario.groups.len()];
+    let trip_bucket = scenario.duration / TRIP_BUCKETS as f64;
+    let mut trip_counts = vec![vec![0_u64; TRIP_BUCKETS]; scenario.groups.len()];
     for sim in sims {
         let record = sim.record();
+        for (t, ev) in &record.events {
+            if ev.code.is_trip() && trip_bucket > 0.0 {
+                let k = ((t / trip_bucket).floor().max(0.0) as usize).min(TRIP_BUCKETS - 1);
+                trip_counts[record.group][k] += 1;
+            }
+        }
         stats.samples += sim.samples * sim.cfg.channels as u64;
         stats.half_cycles += sim.sink.half_cycles;
         stats.produced += record.produced;
@@ -356,11 +364,23 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
                     })
                     .collect(),
                 alarm_latencies: plot_latencies(&trip_alarms, record.group),
+                meters: group.count,
+                trips: Vec::new(),
             });
             probes[record.group] = sim.probes;
             pq_events[record.group] = sim.sink.pq_events;
         }
         meters.push(record);
+    }
+    for (plot, counts) in plot_groups.iter_mut().zip(&trip_counts) {
+        if let Some(plot) = plot {
+            plot.trips = counts
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| ((k + 1) as f64 * trip_bucket, *n))
+                .collect();
+        }
     }
     stats.delivered = head_end.unique();
     stats.duplicates = head_end.duplicates();

@@ -92,6 +92,8 @@ pub const RMS_PLOT_MAX: usize = 4000;
 pub const EVENTS_PLOT_MAX: usize = 2000;
 /// Most alarm latencies kept per group (evenly spaced order statistics beyond that).
 pub const LATENCIES_PLOT_MAX: usize = 10_000;
+/// Time buckets over the scenario in which [`GroupPlot::trips`] counts the group's trips.
+pub const TRIP_BUCKETS: usize = 500;
 
 /// What plots are drawn from, per meter group. Bounded: see [`RMS_PLOT_MAX`],
 /// [`EVENTS_PLOT_MAX`] and [`LATENCIES_PLOT_MAX`].
@@ -116,6 +118,11 @@ pub struct GroupPlot {
     /// (head-end receive time, onset-to-alarm latency) of the group's trip alarms, in receive
     /// order.
     pub alarm_latencies: Vec<(Seconds, Seconds)>,
+    /// Meters in the group.
+    pub meters: u32,
+    /// Trips of all the group's meters: (bucket end, trips in the bucket) for each of the
+    /// [`TRIP_BUCKETS`] equal time buckets over the scenario that holds any, in time order.
+    pub trips: Vec<(Seconds, u64)>,
 }
 
 /// A trip or clear of a probe meter.

@@ -490,3 +490,27 @@ fn short_runs_keep_every_rms_window_for_plots() {
     assert!(obs.plots.groups[0].events.is_empty());
     assert!(obs.plots.groups[0].alarm_latencies.is_empty());
 }
+
+#[test]
+fn plot_trip_counts_cover_every_meter_of_each_group() {
+    // Two groups of 3 and 2 meters; a sag on every phase at 2 s trips every phase of every
+    // meter once: 9 and 6 trips, in the bucket holding 2 s.
+    let s = scenario(
+        vec![group("a", 3, Fidelity::Rms), group("b", 2, Fidelity::Rms)],
+        vec![sag(2.0, &[Phase::L1, Phase::L2, Phase::L3], 0.5, 0.5)],
+        5.0,
+    );
+    let obs = simulate(&s);
+    let groups = &obs.plots.groups;
+    assert_eq!(groups.len(), 2);
+    assert_eq!((groups[0].meters, groups[1].meters), (3, 2));
+    let bucket = 5.0 / sim_core::outcome::TRIP_BUCKETS as f64;
+    for (g, want) in groups.iter().zip([9_u64, 6]) {
+        assert_eq!(g.trips.iter().map(|b| b.1).sum::<u64>(), want, "{}", g.name);
+        for (end, _) in &g.trips {
+            assert!(*end > 2.0 && *end - bucket < 2.05, "bucket ending {end}");
+        }
+    }
+    let total: u64 = groups.iter().flat_map(|g| &g.trips).map(|b| b.1).sum();
+    assert_eq!(total, obs.stats.trips);
+}
