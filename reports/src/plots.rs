@@ -149,6 +149,7 @@ fn draw_fleet_trips(root: &DrawingArea<SVGBackend<'_>, Shift>, o: &ScenarioOutco
         .configure_mesh()
         .x_desc("time since scenario start (s)")
         .y_desc("trips, cumulative (count)")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 15))
         .light_line_style(RGBColor(238, 238, 238))
