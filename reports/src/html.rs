@@ -327,9 +327,11 @@ mod tests {
         );
         assert!(html.contains("seed 7 · mode sim"));
         // Plots inline, with links to their files; none for a scenario without plot data.
-        assert_eq!(html.matches("<svg ").count(), 2);
+        assert_eq!(html.matches("<svg ").count(), 4);
         assert!(html.contains("href=\"plots/sag-70pct-10-cycles-feeder-a-rms.svg\""));
         assert!(html.contains("href=\"plots/sag-70pct-10-cycles-feeder-a-latency-cdf.svg\""));
+        assert!(html.contains("href=\"plots/sag-70pct-10-cycles-feeder-a-thd.svg\""));
+        assert!(html.contains("href=\"plots/sag-70pct-10-cycles-feeder-a-event-1.svg\""));
         // Self-contained: no scripts, no external resources.
         for banned in ["<script", "<link", "src=", "http://", "https://"] {
             let outside_svg_ns = html.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
@@ -366,8 +368,12 @@ mod tests {
             [
                 "sag-70pct-10-cycles-feeder-a-rms.svg",
                 "sag-70pct-10-cycles-feeder-a-latency-cdf.svg",
+                "sag-70pct-10-cycles-feeder-a-thd.svg",
+                "sag-70pct-10-cycles-feeder-a-event-1.svg",
                 "sag-70pct-10-cycles-feeder-a-rms-2.svg",
                 "sag-70pct-10-cycles-feeder-a-latency-cdf-2.svg",
+                "sag-70pct-10-cycles-feeder-a-thd-2.svg",
+                "sag-70pct-10-cycles-feeder-a-event-1-2.svg",
             ]
         );
         let html = index_html(&summary, &plots);

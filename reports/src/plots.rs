@@ -7,6 +7,11 @@
 //!   clear markers (at the Urms(1/2) value that caused them), and alarm-arrival markers;
 //! - the **alarm-latency CDF** of each group's head-end trip alarms, with the spec's limit
 //!   ([`ALARM_LATENCY_LIMIT_MS`]) drawn;
+//! - **THD over time** of each group's probe meter: THD (%) per phase per 10/12-cycle window
+//!   (skipped when it stays below [`THD_PLOT_MIN_PERCENT`]);
+//! - the **event waveform** around each of a group's first disturbance onsets: the
+//!   instantaneous voltage per phase against time relative to the onset, the onset marked by a
+//!   vertical line and the nominal peak ±√2·nominal drawn dashed;
 //! - for fleets (more than one meter), **trips per group over time**: each group's cumulative
 //!   count of trips at all its meters.
 //!
@@ -18,7 +23,7 @@ use std::io::Write;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use sim_core::outcome::{GroupPlot, PlotEvent, ScenarioOutcome};
+use sim_core::outcome::{EventWaveform, GroupPlot, PlotEvent, ScenarioOutcome};
 
 use crate::{trim_decimals, ReportError};
 
@@ -57,6 +62,12 @@ pub const GROUP_COLORS: [RGBColor; 8] = [
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
 ];
+/// Colour of the onset line in event waveforms.
+pub const ONSET_COLOR: RGBColor = RGBColor(200, 0, 0);
+/// Colour of the dashed nominal-peak lines in event waveforms.
+pub const NOMINAL_PEAK_COLOR: RGBColor = RGBColor(110, 110, 110);
+/// A THD plot is drawn only when some window's THD reaches this, %.
+pub const THD_PLOT_MIN_PERCENT: f64 = 0.01;
 /// Most alarm-arrival markers drawn on an RMS trend (the first ones by arrival).
 pub const ALARM_MARKERS_MAX: usize = 500;
 
@@ -70,7 +81,8 @@ pub struct PlotFile {
     pub name: String,
     /// The group the plot is about.
     pub group: String,
-    /// `RMS trend` or `alarm-latency CDF`.
+    /// `RMS trend`, `alarm-latency CDF`, `THD over time`, `event waveform` or `trips per
+    /// group over time`.
     pub title: &'static str,
     /// The SVG document.
     pub svg: String,
@@ -94,6 +106,22 @@ pub fn scenario_plots(outcome: &ScenarioOutcome) -> Result<Vec<PlotFile>, Report
                 group: g.name.clone(),
                 title: "alarm-latency CDF",
                 svg,
+            });
+        }
+        if let Some(svg) = thd_svg(&outcome.name, g)? {
+            files.push(PlotFile {
+                name: format!("{stem}-thd.svg"),
+                group: g.name.clone(),
+                title: "THD over time",
+                svg,
+            });
+        }
+        for (k, w) in g.event_waveforms.iter().enumerate() {
+            files.push(PlotFile {
+                name: format!("{stem}-event-{}.svg", k + 1),
+                group: g.name.clone(),
+                title: "event waveform",
+                svg: waveform_svg(&outcome.name, g, w)?,
             });
         }
     }
@@ -472,6 +500,188 @@ fn draw_latency_cdf(
     Ok(())
 }
 
+/// THD (%) per phase of `group`'s probe meter against time as an SVG document; `None` when no
+/// window reached [`THD_PLOT_MIN_PERCENT`].
+pub fn thd_svg(scenario: &str, group: &GroupPlot) -> Result<Option<String>, ReportError> {
+    let max = group
+        .thd
+        .iter()
+        .flatten()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .fold(0.0_f64, f64::max);
+    if max < THD_PLOT_MIN_PERCENT {
+        return Ok(None);
+    }
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
+        draw_thd(&root, scenario, group, max).map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(Some(svg))
+}
+
+fn draw_thd(
+    root: &DrawingArea<SVGBackend<'_>, Shift>,
+    scenario: &str,
+    g: &GroupPlot,
+    max: f64,
+) -> DrawResult {
+    root.fill(&WHITE)?;
+    let t_max = g.thd.iter().flatten().map(|p| p.0).fold(0.0_f64, f64::max);
+    let x_range = 0.0..if t_max > 0.0 { t_max } else { 1.0 };
+    let mut chart = ChartBuilder::on(root)
+        .caption(
+            format!("{scenario} — {}: THD over time", g.name),
+            (FONT, 20),
+        )
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x_range, 0.0..max * 1.15)?;
+    chart
+        .configure_mesh()
+        .x_desc("time since scenario start (s)")
+        .y_desc("THD per 10/12-cycle window (%)")
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(RGBColor(238, 238, 238))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()?;
+    for (ch, trace) in g.thd.iter().enumerate() {
+        let color = PHASE_COLORS[ch % PHASE_COLORS.len()];
+        let style = color.stroke_width(1);
+        chart
+            .draw_series(LineSeries::new(steps(trace), style))?
+            .label(format!("L{} THD", ch + 1))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// The instantaneous voltage per phase of `group`'s probe meter around one disturbance onset,
+/// against time relative to the onset (ms), as an SVG document: the onset as a vertical line,
+/// the nominal peak ±√2·nominal dashed.
+pub fn waveform_svg(
+    scenario: &str,
+    group: &GroupPlot,
+    wave: &EventWaveform,
+) -> Result<String, ReportError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
+        draw_waveform(&root, scenario, group, wave).map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(svg)
+}
+
+/// (ms relative to the onset, V) of each sample of one phase.
+fn waveform_points(wave: &EventWaveform, samples: &[f32]) -> Vec<(f64, f64)> {
+    samples
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let t = wave.start + i as f64 * wave.step;
+            ((t - wave.onset) * 1e3, f64::from(*v))
+        })
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect()
+}
+
+fn draw_waveform(
+    root: &DrawingArea<SVGBackend<'_>, Shift>,
+    scenario: &str,
+    g: &GroupPlot,
+    w: &EventWaveform,
+) -> DrawResult {
+    root.fill(&WHITE)?;
+    let peak = g.nominal * std::f64::consts::SQRT_2;
+    let phases: Vec<Vec<(f64, f64)>> = w.samples.iter().map(|s| waveform_points(w, s)).collect();
+    let (mut x0, mut x1) = (0.0_f64, 0.0_f64);
+    let mut y_abs = peak;
+    for p in phases.iter().flatten() {
+        x0 = x0.min(p.0);
+        x1 = x1.max(p.0);
+        y_abs = y_abs.max(p.1.abs());
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    let y_max = (y_abs * 1.12).max(1.0);
+    let mut chart = ChartBuilder::on(root)
+        .caption(
+            format!(
+                "{scenario} — {}: waveform at the onset at {} s",
+                g.name,
+                trim_decimals(w.onset, 4)
+            ),
+            (FONT, 20),
+        )
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0..x1, -y_max..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("time relative to the onset (ms)")
+        .y_desc("instantaneous voltage (V)")
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(RGBColor(238, 238, 238))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()?;
+    for (ch, points) in phases.into_iter().enumerate() {
+        let color = PHASE_COLORS[ch % PHASE_COLORS.len()];
+        let style = color.stroke_width(1);
+        chart
+            .draw_series(LineSeries::new(points, style))?
+            .label(format!("L{} voltage", ch + 1))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+    }
+    let dashed = NOMINAL_PEAK_COLOR.stroke_width(1);
+    for (k, level) in [peak, -peak].into_iter().enumerate() {
+        let series = chart.draw_series(DashedLineSeries::new(
+            [(x0, level), (x1, level)],
+            6,
+            4,
+            dashed,
+        ))?;
+        if k == 0 {
+            series
+                .label(format!(
+                    "nominal peak ±{} V (√2 · {} V)",
+                    trim_decimals(peak, 1),
+                    trim_decimals(g.nominal, 3)
+                ))
+                .legend(move |(x, y)| {
+                    plotters::element::DashedPathElement::new([(x, y), (x + 18, y)], 5, 3, dashed)
+                });
+        }
+    }
+    let onset = ONSET_COLOR.stroke_width(2);
+    chart
+        .draw_series(LineSeries::new([(0.0, -y_max), (0.0, y_max)], onset))?
+        .label(format!("onset at {} s", trim_decimals(w.onset, 4)))
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], onset));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -777,6 +987,8 @@ mod tests {
         let mut o = testdata::passing();
         o.name = "a/b <c> & d".into();
         o.plots.groups[0].alarm_latencies.clear();
+        o.plots.groups[0].thd.clear();
+        o.plots.groups[0].event_waveforms.clear();
         o.plots.groups[0].name = "..".into();
         let files = scenario_plots(&o).unwrap();
         assert_eq!(files.len(), 1);
@@ -795,5 +1007,93 @@ mod tests {
             ..o
         };
         assert!(scenario_plots(&empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn thd_plot_has_units_legend_and_levels_and_is_skipped_when_zero() {
+        let o = testdata::passing();
+        let g = &o.plots.groups[0];
+        let svg = thd_svg(&o.name, g).unwrap().unwrap();
+        assert!(has_text(&svg, "time since scenario start (s)"));
+        assert!(has_text(&svg, "THD per 10/12-cycle window (%)"));
+        for l in ["L1 THD", "L2 THD", "L3 THD"] {
+            assert!(has_text(&svg, l), "legend {l}");
+        }
+        // L1's level sits at 6.4 % on the y axis.
+        let want = axis(&svg, "end", 6.4);
+        let line = polylines(&svg, PHASE_COLORS[0])
+            .into_iter()
+            .find(|l| l.len() > 100)
+            .unwrap();
+        assert!(line.iter().all(|p| (p.1 - want).abs() <= 1.5), "y {want}");
+
+        let mut flat = g.clone();
+        for trace in &mut flat.thd {
+            for p in trace.iter_mut() {
+                p.1 = 0.004;
+            }
+        }
+        assert!(thd_svg(&o.name, &flat).unwrap().is_none());
+        flat.thd.clear();
+        assert!(thd_svg(&o.name, &flat).unwrap().is_none());
+    }
+
+    #[test]
+    fn waveform_plot_marks_onset_and_nominal_peak_with_units_and_legend() {
+        let o = testdata::passing();
+        let g = &o.plots.groups[0];
+        let w = &g.event_waveforms[0];
+        let svg = waveform_svg(&o.name, g, w).unwrap();
+        assert!(has_text(&svg, "time relative to the onset (ms)"));
+        assert!(has_text(&svg, "instantaneous voltage (V)"));
+        for l in ["L1 voltage", "L2 voltage", "L3 voltage", "onset at 1 s"] {
+            assert!(has_text(&svg, l), "legend {l}");
+        }
+        assert!(has_text(&svg, "nominal peak ±325.3 V (√2 · 230 V)"));
+        // The onset line: vertical, at 0 ms on the x axis, spanning the plot.
+        let x0 = axis(&svg, "middle", 0.0);
+        let onset = polylines(&svg, ONSET_COLOR)
+            .into_iter()
+            .find(|l| l.len() == 2 && (l[1].1 - l[0].1).abs() > 300.0)
+            .expect("onset line");
+        assert_eq!(onset[0].0, onset[1].0, "vertical");
+        assert!((onset[0].0 - x0).abs() <= 1.5, "onset at x {x0}");
+        // Dashed nominal-peak lines: many short horizontal segments at ±325.3 V.
+        let dashes = polylines(&svg, NOMINAL_PEAK_COLOR);
+        for volts in [325.27, -325.27] {
+            let y = axis(&svg, "end", volts);
+            let at_level = dashes
+                .iter()
+                .filter(|l| l.len() == 2 && l.iter().all(|p| (p.1 - y).abs() <= 1.5))
+                .count();
+            assert!(at_level >= 10, "{at_level} dashes at {volts} V (y {y})");
+        }
+        // L1 spans ±325 V before the onset and only ±228 V well after it.
+        let l1 = polylines(&svg, PHASE_COLORS[0])
+            .into_iter()
+            .max_by_key(Vec::len)
+            .unwrap();
+        assert!(l1.len() >= 1500, "{} points", l1.len());
+        let (top, after) = (axis(&svg, "end", 300.0), axis(&svg, "middle", 10.0));
+        assert!(l1.iter().any(|p| p.0 < x0 && p.1 < top));
+        assert!(l1.iter().filter(|p| p.0 > after).all(|p| p.1 > top));
+    }
+
+    #[test]
+    fn scenario_plots_name_thd_and_event_files() {
+        let o = testdata::passing();
+        let names: Vec<String> = scenario_plots(&o)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert!(
+            names.contains(&"sag-70pct-10-cycles-feeder-a-thd.svg".to_owned()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"sag-70pct-10-cycles-feeder-a-event-1.svg".to_owned()),
+            "{names:?}"
+        );
     }
 }

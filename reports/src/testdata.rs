@@ -2,8 +2,8 @@
 
 use sim_core::grid::Phase;
 use sim_core::outcome::{
-    ExpectationOutcome, GroupPlot, LatencySummary, PlotData, PlotEvent, RunStats, ScenarioOutcome,
-    TimelineEntry,
+    EventWaveform, ExpectationOutcome, GroupPlot, LatencySummary, PlotData, PlotEvent, RunStats,
+    ScenarioOutcome, TimelineEntry,
 };
 use sim_core::scenario::{EventCode, Thresholds};
 
@@ -170,6 +170,40 @@ pub(crate) fn passing_plots() -> PlotData {
             alarm_latencies: vec![(1.0092, 0.0092), (1.0095, 0.0095), (1.0071, 0.0071)],
             meters: 1,
             trips: vec![(1.04, 1)],
+            thd: (0..3)
+                .map(|ch| {
+                    (1..=200)
+                        .map(|k| (f64::from(k) * 0.2, 6.4 + f64::from(ch) * 0.1))
+                        .collect()
+                })
+                .collect(),
+            event_waveforms: vec![sag_waveform()],
         }],
+    }
+}
+
+/// 50 Hz at 10 kHz from 40 ms before an onset at 1.0 s to 120 ms after it: L1 sags to 70 %
+/// at the onset, L2 and L3 stay at 230 V.
+pub(crate) fn sag_waveform() -> EventWaveform {
+    let fs = 10_000.0;
+    let start = 0.96;
+    let peak = 230.0 * std::f64::consts::SQRT_2;
+    let samples = (0..3)
+        .map(|ch| {
+            (0..1600)
+                .map(|i| {
+                    let t = start + f64::from(i) / fs;
+                    let residual = if ch == 0 && t >= 1.0 { 0.7 } else { 1.0 };
+                    let angle = std::f64::consts::TAU * (50.0 * t - f64::from(ch) / 3.0);
+                    (residual * peak * angle.sin()) as f32
+                })
+                .collect()
+        })
+        .collect();
+    EventWaveform {
+        onset: 1.0,
+        start,
+        step: 1.0 / fs,
+        samples,
     }
 }

@@ -18,8 +18,9 @@ use crate::measure::{Aggregator, MeasureConfig, MeasureEvent, Measurement, PqEve
 use crate::meter::{self, Message, Meter, MeterConfig, MeterEvent};
 use crate::network::Link;
 use crate::outcome::{
-    GroupPlot, LatencySummary, PlotData, PlotEvent, RunStats, ScenarioOutcome, TimelineEntry,
-    EVENTS_PLOT_MAX, LATENCIES_PLOT_MAX, RMS_PLOT_MAX, TRIP_BUCKETS,
+    EventWaveform, GroupPlot, LatencySummary, PlotData, PlotEvent, RunStats, ScenarioOutcome,
+    TimelineEntry, EVENTS_PLOT_MAX, EVENT_WAVEFORMS_MAX, EVENT_WAVEFORM_MAX_ONSET,
+    EVENT_WAVEFORM_SAMPLES_MAX, LATENCIES_PLOT_MAX, RMS_PLOT_MAX, TRIP_BUCKETS,
 };
 use crate::rms_model::RmsFidelity;
 use crate::scenario::{
@@ -366,6 +367,13 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
                 alarm_latencies: plot_latencies(&trip_alarms, record.group),
                 meters: group.count,
                 trips: Vec::new(),
+                thd: sim
+                    .sink
+                    .thd_trace
+                    .into_iter()
+                    .map(RmsTrace::finish)
+                    .collect(),
+                event_waveforms: event_waveforms(scenario, record.group),
             });
             probes[record.group] = sim.probes;
             pq_events[record.group] = sim.sink.pq_events;
@@ -446,7 +454,8 @@ fn probe_requests(scenario: &Scenario, group: usize) -> Vec<Probe> {
 }
 
 /// Measurement settings of one meter. THD and power cost an FFT and current synthesis per
-/// window, and only the group's probe meter (meter 0) is asked for them.
+/// window, and only the group's probe meter (meter 0) measures them (THD always, for its plot
+/// over time; power when an expectation asks for it).
 fn measure_config(scenario: &Scenario, group: usize, probe: bool) -> MeasureConfig {
     let wants = |q: Quantity| {
         probe
@@ -459,7 +468,8 @@ fn measure_config(scenario: &Scenario, group: usize, probe: bool) -> MeasureConf
         frequency: scenario.grid.frequency,
         sample_rate: scenario.grid.sample_rate,
         channels: scenario.grid.channels(),
-        thd: wants(Quantity::Thd),
+        // The probe meter always measures THD: its plot over time is drawn from it.
+        thd: probe,
         power: scenario.grid.load.is_some()
             && (wants(Quantity::ActivePower) || wants(Quantity::Energy)),
         pq: scenario.pq,
@@ -553,6 +563,13 @@ impl<'a> MeterSim<'a> {
                 keep_pq: probe,
                 last_t: 0.0,
                 rms_trace: if probe {
+                    (0..scenario.grid.channels())
+                        .map(|_| RmsTrace::new(scenario.duration))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                thd_trace: if probe {
                     (0..scenario.grid.channels())
                         .map(|_| RmsTrace::new(scenario.duration))
                         .collect()
@@ -692,6 +709,8 @@ struct MeterSink {
     last_t: Seconds,
     /// The probe meter's 10/12-cycle RMS per channel, for plots (empty for other meters).
     rms_trace: Vec<RmsTrace>,
+    /// The probe meter's THD (%) per 10/12-cycle window per channel, for plots.
+    thd_trace: Vec<RmsTrace>,
 }
 
 /// One channel's 10/12-cycle RMS for plots, bounded: time is cut into `RMS_PLOT_MAX / 2` equal
@@ -763,6 +782,74 @@ impl RmsTrace {
     }
 }
 
+/// The probe meter's supply around the first [`EVENT_WAVEFORMS_MAX`] voltage-disturbance onsets
+/// of `group` (distinct, sorted, at most [`EVENT_WAVEFORM_MAX_ONSET`]): from 2 cycles before
+/// to 6 cycles after each, clamped to the scenario, from [`probe_synthesizer`] (streamed from
+/// the scenario start, so the samples are exactly the ones the probe meter saw before its front
+/// end). Drawn for both fidelities: an `rms` group's supply is the same model.
+/// Decimated to at most [`EVENT_WAVEFORM_SAMPLES_MAX`] samples per phase.
+pub fn event_waveforms(scenario: &Scenario, group: usize) -> Vec<EventWaveform> {
+    let mut onsets: Vec<Seconds> = resolved_disturbances(scenario, group)
+        .iter()
+        .filter(|d| d.kind.is_voltage_onset())
+        .map(|d| d.at)
+        .filter(|t| t.is_finite() && *t >= 0.0 && *t < scenario.duration)
+        .collect();
+    onsets.sort_by(f64::total_cmp);
+    onsets.dedup();
+    onsets.truncate(EVENT_WAVEFORMS_MAX);
+    onsets.retain(|t| *t <= EVENT_WAVEFORM_MAX_ONSET);
+    if onsets.is_empty() {
+        return Vec::new();
+    }
+    let fs = scenario.grid.sample_rate;
+    let cycle = 1.0 / scenario.grid.frequency;
+    let total = (scenario.duration * fs).round() as u64;
+    let mut synth = probe_synthesizer(scenario, group);
+    let channels = scenario.grid.channels();
+    let mut block = SampleBlock::new(channels, BLOCK, fs, false);
+    let mut out = Vec::with_capacity(onsets.len());
+    for onset in onsets {
+        let first = ((onset - 2.0 * cycle).max(0.0) * fs).ceil() as u64;
+        let end = (((onset + 6.0 * cycle) * fs).floor() as u64 + 1).min(total);
+        if end <= first {
+            continue;
+        }
+        let len = (end - first) as usize;
+        let every = len.div_ceil(EVENT_WAVEFORM_SAMPLES_MAX).max(1);
+        let mut samples = vec![Vec::with_capacity(len / every + 1); channels];
+        // Windows of successive onsets may overlap: restart the stream when needed.
+        if synth.position() > first {
+            synth = probe_synthesizer(scenario, group);
+        }
+        while synth.position() < end {
+            let pos = synth.position();
+            let n = if pos < first {
+                (first - pos).min(BLOCK as u64) as usize
+            } else {
+                (end - pos).min(BLOCK as u64) as usize
+            };
+            synth.fill(&mut block, n);
+            if pos >= first {
+                for (ch, kept) in samples.iter_mut().enumerate() {
+                    for i in 0..n {
+                        if (pos - first + i as u64) % every as u64 == 0 {
+                            kept.push(block.voltage[ch][i]);
+                        }
+                    }
+                }
+            }
+        }
+        out.push(EventWaveform {
+            onset,
+            start: first as f64 / fs,
+            step: every as f64 / fs,
+            samples,
+        });
+    }
+    out
+}
+
 /// (receive time, latency) of `group`'s trip alarms in receive order; beyond
 /// [`LATENCIES_PLOT_MAX`], evenly spaced order statistics of the latency (smallest and largest
 /// included), so a CDF drawn from them keeps its shape.
@@ -804,6 +891,13 @@ impl MeterSink {
                 } => {
                     if let Some(trace) = self.rms_trace.get_mut(*ch) {
                         trace.push(*t_end, *value);
+                    }
+                }
+                MeasureEvent::Thd {
+                    ch, t_end, percent, ..
+                } => {
+                    if let Some(trace) = self.thd_trace.get_mut(*ch) {
+                        trace.push(*t_end, *percent);
                     }
                 }
                 _ => {}

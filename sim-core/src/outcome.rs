@@ -123,6 +123,35 @@ pub struct GroupPlot {
     /// Trips of all the group's meters: (bucket end, trips in the bucket) for each of the
     /// [`TRIP_BUCKETS`] equal time buckets over the scenario that holds any, in time order.
     pub trips: Vec<(Seconds, u64)>,
+    /// Per phase (index = channel): (window end, THD in %) of the probe meter per 10/12-cycle
+    /// window, in time order, decimated like [`GroupPlot::rms`] (at most [`RMS_PLOT_MAX`]).
+    pub thd: Vec<Vec<(Seconds, f64)>>,
+    /// The supply at the probe meter's terminals around the first [`EVENT_WAVEFORMS_MAX`]
+    /// voltage-disturbance onsets of the group (see [`EventWaveform`]).
+    pub event_waveforms: Vec<EventWaveform>,
+}
+
+/// Most event waveforms kept per group (the first onsets).
+pub const EVENT_WAVEFORMS_MAX: usize = 3;
+/// Most samples kept per phase in one [`EventWaveform`] (decimated beyond).
+pub const EVENT_WAVEFORM_SAMPLES_MAX: usize = 2000;
+/// Onsets later than this are not recorded as event waveforms (the synthesizer streams from
+/// the scenario start, so a later window would cost a long synthesis).
+pub const EVENT_WAVEFORM_MAX_ONSET: Seconds = 60.0;
+
+/// The sample-level waveform of a group's probe meter (the supply model with its noise, before
+/// the meter's front end) from 2 cycles before a disturbance onset to 6 cycles after it,
+/// clamped to the scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventWaveform {
+    /// The disturbance onset, s since scenario start.
+    pub onset: Seconds,
+    /// Time of the first sample, s since scenario start.
+    pub start: Seconds,
+    /// Time between kept samples, s (1 / sample rate unless decimated).
+    pub step: Seconds,
+    /// Per phase (index = channel): instantaneous voltage, V.
+    pub samples: Vec<Vec<f32>>,
 }
 
 /// A trip or clear of a probe meter.
