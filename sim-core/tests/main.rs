@@ -514,3 +514,90 @@ fn plot_trip_counts_cover_every_meter_of_each_group() {
     let total: u64 = groups.iter().flat_map(|g| &g.trips).map(|b| b.1).sum();
     assert_eq!(total, obs.stats.trips);
 }
+
+#[test]
+fn event_waveforms_are_the_probe_supply_around_the_first_onsets() {
+    // Sags at 2 s and 2.05 s (overlapping windows), one at 3 s and one at 70 s: the first three
+    // onsets are recorded, 2 cycles before to 6 cycles after each; the 70 s one is not.
+    let s = scenario(
+        vec![
+            group("w", 2, Fidelity::Waveform),
+            group("r", 1, Fidelity::Rms),
+        ],
+        vec![
+            sag(3.0, &[Phase::L2], 0.5, 0.1),
+            sag(2.0, &[Phase::L1], 0.5, 0.1),
+            sag(2.05, &[Phase::L1], 0.6, 0.1),
+            sag(70.0, &[Phase::L1], 0.5, 0.1),
+        ],
+        80.0,
+    );
+    let obs = simulate(&s);
+    let fs = s.grid.sample_rate;
+    for (gi, g) in obs.plots.groups.iter().enumerate() {
+        let onsets: Vec<f64> = g.event_waveforms.iter().map(|w| w.onset).collect();
+        // point_on_wave 90 moves each onset a quarter cycle, to L1's next peak.
+        let want = [2.0, 2.05, 3.0].map(|t| t + 0.25 / 60.0);
+        assert_eq!(onsets.len(), 3, "{}", g.name);
+        for (a, b) in onsets.iter().zip(want) {
+            assert!((a - b).abs() < 1e-9, "{a} {b}");
+        }
+        assert_eq!(g.event_waveforms, harness::event_waveforms(&s, gi));
+        // Every sample is the probe synthesizer's, read from the scenario start.
+        let mut synth = harness::probe_synthesizer(&s, gi);
+        let mut block = sim_core::synth::SampleBlock::new(3, 4096, fs, false);
+        let mut all: Vec<Vec<f32>> = vec![Vec::new(); 3];
+        while synth.position() < (3.2 * fs) as u64 {
+            synth.fill(&mut block, 4096);
+            for (ch, v) in all.iter_mut().enumerate() {
+                v.extend_from_slice(&block.voltage[ch][..block.len]);
+            }
+        }
+        for w in &g.event_waveforms {
+            assert_eq!(w.step, 1.0 / fs, "not decimated");
+            let first = (w.start * fs).round() as usize;
+            assert!(
+                (w.start - (w.onset - 2.0 / 60.0)).abs() <= 1.0 / fs,
+                "{}",
+                w.start
+            );
+            for ch in 0..3 {
+                // 8 cycles at 60 Hz and 7680 Hz: 1024 sample intervals.
+                let n = w.samples[ch].len();
+                assert!((1024..=1025).contains(&n), "{n}");
+                assert_eq!(w.samples[ch][..], all[ch][first..first + n]);
+            }
+        }
+        // L1 at the 2 s sag: full peak before the onset, at most half of it 1 cycle after.
+        let w = &g.event_waveforms[0];
+        let peak = |a: f64, b: f64| {
+            w.samples[0]
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (a..b).contains(&(w.start + *i as f64 * w.step - w.onset)))
+                .map(|(_, v)| f64::from(v.abs()))
+                .fold(0.0, f64::max)
+        };
+        let nominal_peak = 240.0 * std::f64::consts::SQRT_2;
+        assert!((peak(-2.0 / 60.0, 0.0) - nominal_peak).abs() < 2.0);
+        assert!((peak(1.0 / 60.0, 2.0 / 60.0) - 0.5 * nominal_peak).abs() < 2.0);
+        // THD per window per phase: a clean sine before the first sag, so ≈ 0 %; the windows
+        // holding a sag's edges are distorted.
+        assert_eq!(g.thd.len(), 3);
+        assert!(g.thd[0].len() > 300, "{}", g.thd[0].len());
+        let clean: Vec<f64> = g
+            .thd
+            .iter()
+            .flatten()
+            .filter(|p| p.0 < 1.9)
+            .map(|p| p.1)
+            .collect();
+        assert!(clean.len() >= 3 * 8, "{}", clean.len());
+        assert!(clean.iter().all(|p| *p < 0.05), "{clean:?}");
+        let sagged: Vec<_> = g.thd[0]
+            .iter()
+            .filter(|p| (1.9..2.5).contains(&p.0))
+            .collect();
+        assert!(sagged.len() >= 2, "{} {sagged:?}", g.name);
+    }
+}
