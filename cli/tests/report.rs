@@ -98,8 +98,10 @@ fn report_dir_holds_summary_results_and_junit() {
     assert_eq!(
         names,
         [
+            "fixture-sag-trips-feeder-a-event-1.svg",
             "fixture-sag-trips-feeder-a-latency-cdf.svg",
             "fixture-sag-trips-feeder-a-rms.svg",
+            "fixture-sag-trips-feeder-a-thd.svg",
             "fixture-sag-trips-fleet-trips.svg",
             "fixture-steady-feeder-b-rms.svg",
         ]
@@ -110,7 +112,46 @@ fn report_dir_holds_summary_results_and_junit() {
     assert!(rms.contains("upper limit 252 V") && rms.contains("lower limit 210 V"));
     assert!(rms.contains("10/12-cycle RMS (V)"));
     assert!(html.contains(&rms), "the plot file is the inline SVG");
-    assert_eq!(html.matches("<svg ").count(), 4);
+    assert_eq!(html.matches("<svg ").count(), 6);
+}
+
+#[test]
+fn report_has_event_waveform_and_thd_plots_for_library_sag_and_harmonics() {
+    let dir = scratch("wave").join("out");
+    let out = gridloop(&[
+        "run",
+        "../scenarios/library/sags-swells/sag-75pct-12-cycles.yaml",
+        "../scenarios/library/harmonics/thd-3rd-5th.yaml",
+        "--quiet",
+        "--report",
+        path_arg(&dir),
+    ]);
+    assert_code(&out, exit::SUCCESS);
+    let plots = dir.join("plots");
+    let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    let event =
+        std::fs::read_to_string(plots.join("sag-75pct-12-cycles-feeder-a-event-1.svg")).unwrap();
+    assert!(event.starts_with("<svg "), "{event}");
+    for text in [
+        "time relative to the onset (ms)",
+        "instantaneous voltage (V)",
+        "L1 voltage",
+        "nominal peak ±339.4 V (√2 · 240 V)",
+        "onset at 1.0042 s",
+    ] {
+        assert!(event.contains(text), "{text}");
+    }
+    assert!(html.contains(&event), "the plot file is the inline SVG");
+    let thd = std::fs::read_to_string(plots.join("thd-3rd-5th-eu-feeder-thd.svg")).unwrap();
+    for text in [
+        "THD per 10/12-cycle window (%)",
+        "time since scenario start (s)",
+        "L3 THD",
+    ] {
+        assert!(thd.contains(text), "{text}");
+    }
+    assert!(html.contains(&thd));
+    assert!(plots.join("thd-3rd-5th-eu-feeder-event-1.svg").exists());
 }
 
 #[test]

@@ -617,6 +617,8 @@ fn draw_waveform(
         x1 = x0 + 1.0;
     }
     let y_max = (y_abs * 1.12).max(1.0);
+    // Room below the waves for the legend.
+    let y_min = -(y_abs * 1.8).max(1.0);
     let mut chart = ChartBuilder::on(root)
         .caption(
             format!(
@@ -629,7 +631,7 @@ fn draw_waveform(
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(64)
-        .build_cartesian_2d(x0..x1, -y_max..y_max)?;
+        .build_cartesian_2d(x0..x1, y_min..y_max)?;
     chart
         .configure_mesh()
         .x_desc("time relative to the onset (ms)")
@@ -669,7 +671,7 @@ fn draw_waveform(
     }
     let onset = ONSET_COLOR.stroke_width(2);
     chart
-        .draw_series(LineSeries::new([(0.0, -y_max), (0.0, y_max)], onset))?
+        .draw_series(LineSeries::new([(0.0, y_min), (0.0, y_max)], onset))?
         .label(format!("onset at {} s", trim_decimals(w.onset, 4)))
         .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], onset));
     chart
