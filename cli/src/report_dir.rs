@@ -1,7 +1,8 @@
 //! `gridloop run --report DIR`: the report directory with `summary.md` (Markdown for a CI job
 //! summary or a pull-request comment), `results.json`, `junit.xml`, the self-contained
-//! `index.html`, and `plots/` with each scenario's SVG plots (per group: the RMS trend and,
-//! when trip alarms were raised, the alarm-latency CDF).
+//! `index.html`, and `plots/` with each scenario's SVG plots (per group: the RMS trend, the
+//! alarm-latency CDF when trip alarms were raised, THD over time when it is not 0 and the
+//! waveform around each of the first disturbance onsets; per fleet, trips over time).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
