@@ -602,3 +602,32 @@ fn event_waveforms_are_the_probe_supply_around_the_first_onsets() {
         assert!(sagged.len() >= 2, "{} {sagged:?}", g.name);
     }
 }
+
+#[test]
+fn event_waveforms_longer_than_the_cap_are_decimated() {
+    // 8 cycles at 50 Hz and 12.8 kHz are 2048 sample intervals, over the 2000 cap: every
+    // second sample is kept.
+    let mut s = scenario(
+        vec![group("w", 1, Fidelity::Waveform)],
+        vec![sag(1.0, &[Phase::L1], 0.5, 0.1)],
+        2.0,
+    );
+    s.grid.frequency = 50.0;
+    s.grid.sample_rate = 12_800.0;
+    let waves = harness::event_waveforms(&s, 0);
+    assert_eq!(waves.len(), 1);
+    let w = &waves[0];
+    assert_eq!(w.step, 2.0 / 12_800.0);
+    for kept in &w.samples {
+        assert!(kept.len() <= sim_core::outcome::EVENT_WAVEFORM_SAMPLES_MAX);
+        assert!((1024..=1025).contains(&kept.len()), "{}", kept.len());
+    }
+    // The kept samples are every second one of the stream.
+    let mut synth = harness::probe_synthesizer(&s, 0);
+    let mut block = sim_core::synth::SampleBlock::new(3, 32_000, 12_800.0, false);
+    synth.fill(&mut block, 32_000);
+    let first = (w.start * 12_800.0).round() as usize;
+    for (i, v) in w.samples[0].iter().enumerate() {
+        assert_eq!(*v, block.voltage[0][first + 2 * i], "sample {i}");
+    }
+}
