@@ -96,7 +96,8 @@ pub const LATENCIES_PLOT_MAX: usize = 10_000;
 pub const TRIP_BUCKETS: usize = 500;
 
 /// What plots are drawn from, per meter group. Bounded: see [`RMS_PLOT_MAX`],
-/// [`EVENTS_PLOT_MAX`] and [`LATENCIES_PLOT_MAX`].
+/// [`EVENTS_PLOT_MAX`], [`LATENCIES_PLOT_MAX`], [`EVENT_WAVEFORMS_MAX`] and
+/// [`EVENT_WAVEFORM_SAMPLES_MAX`].
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PlotData {
     pub groups: Vec<GroupPlot>,
