@@ -11,7 +11,7 @@ fn report_dir_holds_summary_results_and_junit() {
     let dir = scratch.join("nested/report");
     let json = scratch.join("results.json");
     let junit = scratch.join("junit.xml");
-    let out = gridloop(&[
+    let argv = [
         "run",
         "tests/fixtures/pass",
         "--quiet",
@@ -21,7 +21,8 @@ fn report_dir_holds_summary_results_and_junit() {
         path_arg(&json),
         "--junit",
         path_arg(&junit),
-    ]);
+    ];
+    let out = gridloop(&argv);
     assert_code(&out, exit::SUCCESS);
 
     let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
@@ -40,17 +41,6 @@ fn report_dir_holds_summary_results_and_junit() {
     );
     assert!(!md.contains("###"), "a passing run expands nothing: {md}");
     // The command that made the report is the one to repeat it.
-    let argv = [
-        "run",
-        "tests/fixtures/pass",
-        "--quiet",
-        "--report",
-        path_arg(&dir),
-        "--json",
-        path_arg(&json),
-        "--junit",
-        path_arg(&junit),
-    ];
     assert_eq!(
         *lines.last().unwrap(),
         format!(

@@ -21,6 +21,7 @@
 
 use std::io::Write;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use sim_core::outcome::{EventWaveform, GroupPlot, PlotEvent, ScenarioOutcome};
@@ -144,17 +145,10 @@ pub fn fleet_trips_svg(outcome: &ScenarioOutcome) -> Result<Option<String>, Repo
     if meters < 2 || groups.iter().all(|g| g.trips.is_empty()) {
         return Ok(None);
     }
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
-        draw_fleet_trips(&root, outcome).map_err(plot_error)?;
-        root.present().map_err(plot_error)?;
-    }
-    Ok(Some(svg))
+    render_svg(|root| draw_fleet_trips(root, outcome)).map(Some)
 }
 
 fn draw_fleet_trips(root: &DrawingArea<SVGBackend<'_>, Shift>, o: &ScenarioOutcome) -> DrawResult {
-    root.fill(&WHITE)?;
     let groups = &o.plots.groups;
     let t_end = groups
         .iter()
@@ -167,22 +161,15 @@ fn draw_fleet_trips(root: &DrawingArea<SVGBackend<'_>, Shift>, o: &ScenarioOutco
         .max()
         .unwrap_or(0)
         .max(1);
-    let mut chart = ChartBuilder::on(root)
-        .caption(format!("{}: trips per group over time", o.name), (FONT, 20))
-        .margin(12)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..t_end, 0.0..most as f64 * 1.08)?;
-    chart
-        .configure_mesh()
-        .x_desc("time since scenario start (s)")
-        .y_desc("trips, cumulative (count)")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 15))
-        .light_line_style(RGBColor(238, 238, 238))
-        .bold_line_style(RGBColor(215, 215, 215))
-        .draw()?;
+    let mut chart = styled_chart(
+        root,
+        format!("{}: trips per group over time", o.name),
+        0.0..t_end,
+        0.0..most as f64 * 1.08,
+        "time since scenario start (s)",
+        "trips, cumulative (count)",
+        Some(&|v| format!("{v:.0}")),
+    )?;
     for (i, g) in groups.iter().enumerate() {
         let style = GROUP_COLORS[i % GROUP_COLORS.len()].stroke_width(2);
         let mut total = 0_u64;
@@ -201,16 +188,9 @@ fn draw_fleet_trips(root: &DrawingArea<SVGBackend<'_>, Shift>, o: &ScenarioOutco
                 count(u64::from(g.meters), "meter"),
                 count(total, "trip")
             ))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+            .legend(line_key(style));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 /// `text` with every character outside `[A-Za-z0-9._-]` as `_` (and never empty or `.`/`..`).
@@ -272,23 +252,80 @@ fn plot_error(e: impl std::fmt::Display) -> ReportError {
 
 /// The RMS trend of `group`'s probe meter as an SVG document.
 pub fn rms_trend_svg(scenario: &str, group: &GroupPlot) -> Result<String, ReportError> {
+    render_svg(|root| draw_rms_trend(root, scenario, group))
+}
+
+type DrawResult = Result<(), DrawingAreaErrorKind<std::io::Error>>;
+
+/// A chart in the report's coordinates: seconds, volts, percent or milliseconds, all f64.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draw one plot on a white [`PLOT_SIZE`] canvas and return the SVG document.
+fn render_svg(
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> DrawResult,
+) -> Result<String, ReportError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
-        draw_rms_trend(&root, scenario, group).map_err(plot_error)?;
+        root.fill(&WHITE).map_err(plot_error)?;
+        draw(&root).map_err(plot_error)?;
         root.present().map_err(plot_error)?;
     }
     Ok(svg)
 }
 
-type DrawResult = Result<(), DrawingAreaErrorKind<std::io::Error>>;
+/// The house style every plot shares: caption, margins, label areas, and a light grid with
+/// axis descriptions (which carry the units).
+#[allow(clippy::too_many_arguments)]
+fn styled_chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: String,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    x_desc: &str,
+    y_desc: &str,
+    y_labels: Option<&dyn Fn(&f64) -> String>,
+) -> Result<Chart<'a, 'b>, DrawingAreaErrorKind<std::io::Error>> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)?;
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_desc).y_desc(y_desc);
+    if let Some(format) = y_labels {
+        mesh.y_label_formatter(format);
+    }
+    mesh.label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(RGBColor(238, 238, 238))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()?;
+    Ok(chart)
+}
+
+/// The legend box, at `position`.
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+}
+
+/// A legend swatch: a short line in the series' style.
+fn line_key(style: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style)
+}
 
 fn draw_rms_trend(
     root: &DrawingArea<SVGBackend<'_>, Shift>,
     scenario: &str,
     g: &GroupPlot,
 ) -> DrawResult {
-    root.fill(&WHITE)?;
     let th = g.thresholds;
     let points = || g.rms.iter().flatten();
     let t_max = points()
@@ -309,21 +346,15 @@ fn draw_rms_trend(
     let (x0, x1) = (x_range.start, x_range.end);
     let y_bottom = y_range.start;
 
-    let mut chart = ChartBuilder::on(root)
-        .caption(format!("{scenario} — {}: RMS trend", g.name), (FONT, 20))
-        .margin(12)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x_range, y_range)?;
-    chart
-        .configure_mesh()
-        .x_desc("time since scenario start (s)")
-        .y_desc("10/12-cycle RMS (V)")
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 15))
-        .light_line_style(RGBColor(238, 238, 238))
-        .bold_line_style(RGBColor(215, 215, 215))
-        .draw()?;
+    let mut chart = styled_chart(
+        root,
+        format!("{scenario} — {}: RMS trend", g.name),
+        x_range,
+        y_range,
+        "time since scenario start (s)",
+        "10/12-cycle RMS (V)",
+        None,
+    )?;
 
     // Hysteresis bands: a tripped phase clears only once back across the band.
     let band = BAND_COLOR.mix(0.35).filled();
@@ -343,7 +374,7 @@ fn draw_rms_trend(
         chart
             .draw_series(LineSeries::new([(x0, value), (x1, value)], style))?
             .label(format!("{name} {} V", trim_decimals(value, 3)))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+            .legend(line_key(style));
     }
     for (ch, trace) in g.rms.iter().enumerate() {
         let color = PHASE_COLORS[ch % PHASE_COLORS.len()];
@@ -351,7 +382,7 @@ fn draw_rms_trend(
         chart
             .draw_series(LineSeries::new(steps(trace), style))?
             .label(format!("L{} 10/12-cycle RMS", ch + 1))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+            .legend(line_key(style));
     }
     let (trips, clears): (Vec<&PlotEvent>, Vec<&PlotEvent>) =
         g.events.iter().partition(|e| e.code.is_trip());
@@ -389,14 +420,7 @@ fn draw_rms_trend(
             .label("trip alarm at the head-end")
             .legend(move |(x, y)| Circle::new((x + 9, y), 4, style));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font((FONT, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 /// A window's value holds over the window: each (end, value) is drawn as a level from the
@@ -421,13 +445,7 @@ pub fn latency_cdf_svg(scenario: &str, group: &GroupPlot) -> Result<Option<Strin
     if group.alarm_latencies.is_empty() {
         return Ok(None);
     }
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
-        draw_latency_cdf(&root, scenario, group).map_err(plot_error)?;
-        root.present().map_err(plot_error)?;
-    }
-    Ok(Some(svg))
+    render_svg(|root| draw_latency_cdf(root, scenario, group)).map(Some)
 }
 
 fn draw_latency_cdf(
@@ -435,7 +453,6 @@ fn draw_latency_cdf(
     scenario: &str,
     g: &GroupPlot,
 ) -> DrawResult {
-    root.fill(&WHITE)?;
     let mut ms: Vec<f64> = g
         .alarm_latencies
         .iter()
@@ -446,24 +463,15 @@ fn draw_latency_cdf(
     let n = ms.len().max(1) as f64;
     let max = ms.last().copied().unwrap_or(0.0);
     let x_max = max.max(ALARM_LATENCY_LIMIT_MS) * 1.1;
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            format!("{scenario} — {}: alarm-latency CDF", g.name),
-            (FONT, 20),
-        )
-        .margin(12)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..x_max, 0.0..1.05)?;
-    chart
-        .configure_mesh()
-        .x_desc("onset-to-alarm latency (ms)")
-        .y_desc("fraction of trip alarms")
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 15))
-        .light_line_style(RGBColor(238, 238, 238))
-        .bold_line_style(RGBColor(215, 215, 215))
-        .draw()?;
+    let mut chart = styled_chart(
+        root,
+        format!("{scenario} — {}: alarm-latency CDF", g.name),
+        0.0..x_max,
+        0.0..1.05,
+        "onset-to-alarm latency (ms)",
+        "fraction of trip alarms",
+        None,
+    )?;
     // An empirical CDF is a staircase: up by 1/n at each latency.
     let mut steps = vec![(0.0, 0.0)];
     for (i, v) in ms.iter().enumerate() {
@@ -475,7 +483,7 @@ fn draw_latency_cdf(
     chart
         .draw_series(LineSeries::new(steps, style))?
         .label(format!("CDF of {} trip alarms", ms.len()))
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+        .legend(line_key(style));
     let limit = UPPER_LIMIT_COLOR.stroke_width(2);
     chart
         .draw_series(LineSeries::new(
@@ -489,15 +497,8 @@ fn draw_latency_cdf(
             "spec limit {} ms",
             trim_decimals(ALARM_LATENCY_LIMIT_MS, 3)
         ))
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], limit));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font((FONT, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+        .legend(line_key(limit));
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 /// THD (%) per phase of `group`'s probe meter against time as an SVG document; `None` when no
@@ -513,13 +514,7 @@ pub fn thd_svg(scenario: &str, group: &GroupPlot) -> Result<Option<String>, Repo
     if max < THD_PLOT_MIN_PERCENT {
         return Ok(None);
     }
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
-        draw_thd(&root, scenario, group, max).map_err(plot_error)?;
-        root.present().map_err(plot_error)?;
-    }
-    Ok(Some(svg))
+    render_svg(|root| draw_thd(root, scenario, group, max)).map(Some)
 }
 
 fn draw_thd(
@@ -528,43 +523,26 @@ fn draw_thd(
     g: &GroupPlot,
     max: f64,
 ) -> DrawResult {
-    root.fill(&WHITE)?;
     let t_max = g.thd.iter().flatten().map(|p| p.0).fold(0.0_f64, f64::max);
     let x_range = 0.0..if t_max > 0.0 { t_max } else { 1.0 };
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            format!("{scenario} — {}: THD over time", g.name),
-            (FONT, 20),
-        )
-        .margin(12)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x_range, 0.0..max * 1.15)?;
-    chart
-        .configure_mesh()
-        .x_desc("time since scenario start (s)")
-        .y_desc("THD per 10/12-cycle window (%)")
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 15))
-        .light_line_style(RGBColor(238, 238, 238))
-        .bold_line_style(RGBColor(215, 215, 215))
-        .draw()?;
+    let mut chart = styled_chart(
+        root,
+        format!("{scenario} — {}: THD over time", g.name),
+        x_range,
+        0.0..max * 1.15,
+        "time since scenario start (s)",
+        "THD per 10/12-cycle window (%)",
+        None,
+    )?;
     for (ch, trace) in g.thd.iter().enumerate() {
         let color = PHASE_COLORS[ch % PHASE_COLORS.len()];
         let style = color.stroke_width(1);
         chart
             .draw_series(LineSeries::new(steps(trace), style))?
             .label(format!("L{} THD", ch + 1))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+            .legend(line_key(style));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font((FONT, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 /// The instantaneous voltage per phase of `group`'s probe meter around one disturbance onset,
@@ -575,13 +553,7 @@ pub fn waveform_svg(
     group: &GroupPlot,
     wave: &EventWaveform,
 ) -> Result<String, ReportError> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
-        draw_waveform(&root, scenario, group, wave).map_err(plot_error)?;
-        root.present().map_err(plot_error)?;
-    }
-    Ok(svg)
+    render_svg(|root| draw_waveform(root, scenario, group, wave))
 }
 
 /// (ms relative to the onset, V) of each sample of one phase.
@@ -603,7 +575,6 @@ fn draw_waveform(
     g: &GroupPlot,
     w: &EventWaveform,
 ) -> DrawResult {
-    root.fill(&WHITE)?;
     let peak = g.nominal * std::f64::consts::SQRT_2;
     let phases: Vec<Vec<(f64, f64)>> = w.samples.iter().map(|s| waveform_points(w, s)).collect();
     let (mut x0, mut x1) = (0.0_f64, 0.0_f64);
@@ -619,35 +590,26 @@ fn draw_waveform(
     let y_max = (y_abs * 1.12).max(1.0);
     // Room below the waves for the legend.
     let y_min = -(y_abs * 1.8).max(1.0);
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            format!(
-                "{scenario} — {}: waveform at the onset at {} s",
-                g.name,
-                trim_decimals(w.onset, 4)
-            ),
-            (FONT, 20),
-        )
-        .margin(12)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x0..x1, y_min..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("time relative to the onset (ms)")
-        .y_desc("instantaneous voltage (V)")
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 15))
-        .light_line_style(RGBColor(238, 238, 238))
-        .bold_line_style(RGBColor(215, 215, 215))
-        .draw()?;
+    let mut chart = styled_chart(
+        root,
+        format!(
+            "{scenario} — {}: waveform at the onset at {} s",
+            g.name,
+            trim_decimals(w.onset, 4)
+        ),
+        x0..x1,
+        y_min..y_max,
+        "time relative to the onset (ms)",
+        "instantaneous voltage (V)",
+        None,
+    )?;
     for (ch, points) in phases.into_iter().enumerate() {
         let color = PHASE_COLORS[ch % PHASE_COLORS.len()];
         let style = color.stroke_width(1);
         chart
             .draw_series(LineSeries::new(points, style))?
             .label(format!("L{} voltage", ch + 1))
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+            .legend(line_key(style));
     }
     let dashed = NOMINAL_PEAK_COLOR.stroke_width(1);
     for (k, level) in [peak, -peak].into_iter().enumerate() {
@@ -673,15 +635,8 @@ fn draw_waveform(
     chart
         .draw_series(LineSeries::new([(0.0, y_min), (0.0, y_max)], onset))?
         .label(format!("onset at {} s", trim_decimals(w.onset, 4)))
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], onset));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font((FONT, 13))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+        .legend(line_key(onset));
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 #[cfg(test)]
