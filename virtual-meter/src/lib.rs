@@ -7,9 +7,11 @@
 //!   feeding its image; sans-io, advanced by the caller.
 //! - [`service`]: the tokio-modbus `Service` (single meter or gateway of unit ids), FC43.
 //! - [`pacing`]: the real-time loop on tokio's clock.
+//! - [`broker`]: `--broker` URLs, the embedded rumqttd, a spawned Mosquitto.
 //!
 //! Only `pacing` and `service` know about tokio; nothing here reads YAML or prints.
 
+pub mod broker;
 pub mod image;
 pub mod live;
 pub mod pacing;
