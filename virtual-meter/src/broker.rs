@@ -95,9 +95,9 @@ fn wait_accepting(
     }
 }
 
-/// A Mosquitto this process started: loopback only, anonymous, no persistence, generous queues
-/// so a store-and-forward flush is never dropped by the broker. Killed and its directory
-/// removed on drop.
+/// A Mosquitto this process started: loopback only, anonymous, generous queues so a
+/// store-and-forward flush is never dropped by the broker. Stopped and its directory removed on
+/// drop.
 #[derive(Debug)]
 pub struct SpawnedMosquitto {
     child: Option<Child>,
@@ -130,27 +130,12 @@ impl SpawnedMosquitto {
         let io = |context: String| move |source| BrokerError::Io { context, source };
         std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
         let conf = dir.join("mosquitto.conf");
-        let log = dir.join("mosquitto.log");
-        let text = mosquitto_config(addr);
+        let text = mosquitto_config(addr, &dir);
         std::fs::File::create(&conf)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(io(format!("cannot write {}", conf.display())))?;
-        let log_file =
-            std::fs::File::create(&log).map_err(io(format!("cannot create {}", log.display())))?;
-        let err_file = log_file
-            .try_clone()
-            .map_err(io(format!("cannot reopen {}", log.display())))?;
-        let mut child = Command::new(&program)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(err_file)
-            .spawn()
-            .map_err(|source| BrokerError::Spawn {
-                program: program.display().to_string(),
-                source,
-            })?;
+        let mut child = spawn_mosquitto(&program, &dir)?;
+        let log = dir.join("mosquitto.log");
         if let Err(e) = wait_accepting(&mut child, "mosquitto", addr, &log, Duration::from_secs(10))
         {
             let _ = child.kill();
@@ -189,14 +174,79 @@ impl SpawnedMosquitto {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Kill the broker now (an outage); [`SpawnedMosquitto::start_on`]`(self.addr())` brings
-    /// one back on the same port.
+    /// Stop the broker now (an outage): SIGTERM, so Mosquitto saves its persistent sessions
+    /// and their queued QoS-1 messages, then SIGKILL if it has not exited within 5 s.
+    /// [`SpawnedMosquitto::restart`] brings it back on the same port with the same state.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let termed = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if termed {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Start the broker again after [`SpawnedMosquitto::stop`]: same port, same config, same
+    /// persistence directory (persistent sessions and their queued messages survive).
+    pub fn restart(&mut self) -> Result<(), BrokerError> {
+        self.stop();
+        let mut child = spawn_mosquitto(&self.program, &self.dir)?;
+        let log = self.dir.join("mosquitto.log");
+        if let Err(e) = wait_accepting(
+            &mut child,
+            "mosquitto",
+            self.addr,
+            &log,
+            Duration::from_secs(10),
+        ) {
             let _ = child.kill();
             let _ = child.wait();
+            return Err(e);
         }
+        self.child = Some(child);
+        Ok(())
     }
+}
+
+/// Run `program -c dir/mosquitto.conf`, its output appended to `dir/mosquitto.log`.
+fn spawn_mosquitto(program: &Path, dir: &Path) -> Result<Child, BrokerError> {
+    let conf = dir.join("mosquitto.conf");
+    let log = dir.join("mosquitto.log");
+    let io = |context: String| move |source| BrokerError::Io { context, source };
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(io(format!("cannot open {}", log.display())))?;
+    let err_file = log_file
+        .try_clone()
+        .map_err(io(format!("cannot reopen {}", log.display())))?;
+    Command::new(program)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(err_file)
+        .spawn()
+        .map_err(|source| BrokerError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })
 }
 
 impl Drop for SpawnedMosquitto {
@@ -206,14 +256,17 @@ impl Drop for SpawnedMosquitto {
     }
 }
 
-/// The generated config: one loopback listener, anonymous, nothing persisted, queues big enough
-/// that a meter's whole ring can be in flight.
-pub fn mosquitto_config(addr: SocketAddr) -> String {
+/// The generated config: one loopback listener, anonymous, queues big enough that a meter's
+/// whole ring can be in flight, persistence in `dir` (written on shutdown only) so a
+/// [`SpawnedMosquitto::restart`] keeps persistent sessions.
+pub fn mosquitto_config(addr: SocketAddr, dir: &Path) -> String {
     format!(
         "# generated by gridloop\n\
          listener {port} {ip}\n\
          allow_anonymous true\n\
-         persistence false\n\
+         persistence true\n\
+         persistence_location {dir}/\n\
+         autosave_interval 0\n\
          max_inflight_messages 0\n\
          max_queued_messages 1000000\n\
          max_connections -1\n\
@@ -222,6 +275,7 @@ pub fn mosquitto_config(addr: SocketAddr) -> String {
          log_type warning\n",
         port = addr.port(),
         ip = addr.ip(),
+        dir = dir.display(),
     )
 }
 
@@ -287,9 +341,9 @@ mod tests {
 
     #[test]
     fn config_listens_on_loopback_only_and_persists_nothing() {
-        let text = mosquitto_config("127.0.0.1:18831".parse().unwrap());
+        let text = mosquitto_config("127.0.0.1:18831".parse().unwrap(), Path::new("/tmp/x"));
         assert!(text.contains("listener 18831 127.0.0.1\n"));
-        assert!(text.contains("persistence false\n"));
+        assert!(text.contains("persistence_location /tmp/x/\n"));
     }
 
     #[test]
@@ -306,7 +360,8 @@ mod tests {
         assert!(TcpStream::connect(addr).is_ok());
         m.stop();
         assert!(TcpStream::connect(addr).is_err());
-        let again = SpawnedMosquitto::start_on(addr).unwrap();
-        assert!(TcpStream::connect(again.addr()).is_ok());
+        m.restart().unwrap();
+        assert_eq!(m.addr(), addr);
+        assert!(TcpStream::connect(addr).is_ok());
     }
 }
