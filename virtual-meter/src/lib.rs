@@ -8,10 +8,12 @@
 //! - [`service`]: the tokio-modbus `Service` (single meter or gateway of unit ids), FC43.
 //! - [`pacing`]: the real-time loop on tokio's clock.
 //! - [`broker`]: `--broker` URLs, the embedded rumqttd, a spawned Mosquitto.
+//! - [`fleet`]: which meters a fleet process runs (rescaling, shards, Modbus ports/gateways).
 //!
 //! Only `pacing` and `service` know about tokio; nothing here reads YAML or prints.
 
 pub mod broker;
+pub mod fleet;
 pub mod image;
 pub mod live;
 pub mod pacing;

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod fleet;
 mod live;
 mod pacing;
 mod server;
