@@ -2,11 +2,13 @@
 //! summary or a pull-request comment), `results.json`, `junit.xml`, the self-contained
 //! `index.html`, and `plots/` with each scenario's SVG plots (per group: the RMS trend, the
 //! alarm-latency CDF when trip alarms were raised, THD over time when it is not 0 and the
-//! waveform around each of the first disturbance onsets; per fleet, trips over time).
+//! waveform around each of the first disturbance onsets; per fleet, trips over time). Plots an
+//! earlier run left there and this one did not draw are removed.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use reports::{HtmlReporter, JsonReporter, JunitReporter, MarkdownReporter, Reporter, RunSummary};
 
@@ -33,6 +35,9 @@ pub type FileReporter = (String, Box<dyn Reporter>);
 pub struct StagedReporters {
     pub reporters: Vec<FileReporter>,
     pub files: Vec<StagedFile>,
+    /// A plots folder whose `*.svg` files that this run did not write are removed on commit
+    /// (plots of scenarios or groups an earlier run had), so the folder matches the report.
+    pub prune_plots: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for StagedReporters {
@@ -41,6 +46,7 @@ impl std::fmt::Debug for StagedReporters {
         f.debug_struct("StagedReporters")
             .field("reporters", &paths)
             .field("files", &self.files)
+            .field("prune_plots", &self.prune_plots)
             .finish()
     }
 }
@@ -65,18 +71,48 @@ impl StagedReporters {
         Ok(())
     }
 
-    /// Drop the reporters (each has flushed its writer at `RunFinished`) and rename every
-    /// file into place; exit 3 naming the first that cannot be.
+    /// Drop the reporters (each has flushed its writer at `RunFinished`), rename every file
+    /// into place, then remove stale plots (see [`StagedReporters::prune_plots`]); exit 3
+    /// naming the first file that cannot be written or removed.
     pub fn commit(self) -> Result<(), Failure> {
         drop(self.reporters);
+        let mut written = HashSet::new();
         for staged in self.files {
-            let dest = staged.dest().display().to_string();
+            let dest = staged.dest().to_path_buf();
             staged
                 .commit()
-                .or_exit(ENVIRONMENT, || format!("cannot write {dest}"))?;
+                .or_exit(ENVIRONMENT, || format!("cannot write {}", dest.display()))?;
+            written.insert(dest);
+        }
+        if let Some(folder) = &self.prune_plots {
+            remove_stale_svgs(folder, &written)?;
         }
         Ok(())
     }
+}
+
+/// Remove the `*.svg` files directly in `folder` that are not in `keep` (other files and
+/// folders are the user's and stay). A missing folder has nothing to remove.
+fn remove_stale_svgs(folder: &Path, keep: &HashSet<PathBuf>) -> Result<(), Failure> {
+    let entries = match std::fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(e).or_exit(ENVIRONMENT, || format!("cannot list {}", folder.display()))
+        }
+    };
+    for entry in entries {
+        let path = entry
+            .or_exit(ENVIRONMENT, || format!("cannot list {}", folder.display()))?
+            .path();
+        let is_svg = path.extension().is_some_and(|e| e == "svg") && path.is_file();
+        if is_svg && !keep.contains(&path) {
+            std::fs::remove_file(&path).or_exit(ENVIRONMENT, || {
+                format!("cannot remove the stale plot {}", path.display())
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Create `dir` (and its parents) and stage its report files, before anything runs:
@@ -93,6 +129,7 @@ pub fn open(dir: &Path, into: &mut StagedReporters) -> Result<(), Failure> {
     into.add(&dir.join(RESULTS_JSON), "JSON", JsonReporter::new)?;
     into.add(&dir.join(JUNIT_XML), "JUnit", JunitReporter::new)?;
     into.add(&dir.join(INDEX_HTML), "HTML", HtmlReporter::new)?;
+    into.prune_plots = Some(dir.join(PLOTS_DIR));
     Ok(())
 }
 

@@ -397,3 +397,36 @@ fn a_scenario_file_starting_with_a_dash_reproduces_after_double_dash() {
     assert_code(&again, exit::EXPECTATION_FAILED);
     assert!(String::from_utf8_lossy(&again.stdout).contains("fixture-impossible-trip"));
 }
+
+#[test]
+fn plots_of_an_earlier_run_are_removed_and_other_files_kept() {
+    let dir = scratch("stale").join("report");
+    let plots = dir.join("plots");
+    std::fs::create_dir_all(&plots).unwrap();
+    let stale = plots.join("old-scenario-feeder-z-rms.svg");
+    std::fs::write(&stale, "<svg/>").unwrap();
+    let notes = plots.join("notes.txt");
+    std::fs::write(&notes, "mine").unwrap();
+    let out = gridloop(&[
+        "run",
+        "tests/fixtures/pass",
+        "--quiet",
+        "--report",
+        path_arg(&dir),
+    ]);
+    assert_code(&out, exit::SUCCESS);
+    assert!(!stale.exists(), "a plot this run did not draw is gone");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
+    assert!(plots.join("fixture-steady-feeder-b-rms.svg").exists());
+    let svgs = std::fs::read_dir(&plots)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "svg")
+        })
+        .count();
+    assert_eq!(svgs, 6);
+}
