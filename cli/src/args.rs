@@ -56,6 +56,8 @@ pub enum Command {
     Export(crate::export::ExportArgs),
     /// Serve a scenario's meter(s) over Modbus/TCP in real time (prints the bound address)
     Meter(MeterArgs),
+    /// Run many meters of a scenario in this process (Modbus ports or gateways, MQTT)
+    Fleet(crate::fleet::FleetArgs),
 }
 
 /// `gridloop meter`: one meter, or a gateway of several, running a scenario in real time.

@@ -5,6 +5,7 @@ pub mod args;
 pub mod commands;
 pub mod exit;
 pub mod export;
+pub mod fleet;
 pub mod load;
 pub mod meter;
 pub mod report_dir;
@@ -41,6 +42,7 @@ pub fn main() -> ExitCode {
         Command::Schema => commands::schema(),
         Command::Export(args) => export::export(args),
         Command::Meter(args) => meter::meter(args),
+        Command::Fleet(args) => fleet::fleet(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

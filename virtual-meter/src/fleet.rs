@@ -84,6 +84,11 @@ pub enum FleetError {
     #[error("--meters must be at least 1")]
     NoMeters,
     #[error(
+        "{listeners} Modbus listeners count their ports up from the base, so the base port \
+         cannot be 0 (0 only works for a single listener)"
+    )]
+    ZeroBasePort { listeners: u32 },
+    #[error(
         "{meters} meters need Modbus ports {first}..={last}, past 65535; use --gateway or a \
          lower --modbus-base"
     )]
@@ -189,22 +194,18 @@ impl FleetPlan {
         };
         let ids = shard.range(total);
         let local = ids.end - ids.start;
-        if let ModbusLayout::PortPerMeter { base } = modbus {
+        let listeners = match modbus {
+            ModbusLayout::None => None,
+            ModbusLayout::PortPerMeter { base } => Some((base, local)),
+            ModbusLayout::Gateway { base } => Some((base, local.div_ceil(GATEWAY_UNITS))),
+        };
+        if let Some((base, listeners)) = listeners {
             let first = u32::from(base.port());
-            let last = first + local.saturating_sub(1);
-            if local > 0 && (first == 0 || last > 65535) {
-                return Err(FleetError::PortsExhausted {
-                    meters: local,
-                    first,
-                    last,
-                });
+            if first == 0 && listeners > 1 {
+                return Err(FleetError::ZeroBasePort { listeners });
             }
-        }
-        if let ModbusLayout::Gateway { base } = modbus {
-            let gateways = local.div_ceil(GATEWAY_UNITS);
-            let first = u32::from(base.port());
-            let last = first + gateways.saturating_sub(1);
-            if local > 0 && (first == 0 || last > 65535) {
+            let last = first + listeners.saturating_sub(1);
+            if last > 65535 {
                 return Err(FleetError::PortsExhausted {
                     meters: local,
                     first,

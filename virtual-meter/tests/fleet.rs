@@ -52,4 +52,16 @@ fn port_per_meter_counts_up_and_refuses_to_wrap() {
     .unwrap_err();
     assert!(err.to_string().contains("past 65535"), "{err}");
     assert!(FleetPlan::new(&sc, Some(0), Shard::ALL, ModbusLayout::None).is_err());
+    let zero = "127.0.0.1:0".parse().unwrap();
+    let err =
+        FleetPlan::new(&sc, None, Shard::ALL, ModbusLayout::Gateway { base: zero }).unwrap_err();
+    assert!(err.to_string().contains("cannot be 0"), "{err}");
+    // One gateway is one listener: port 0 lets the system pick it.
+    let one = FleetPlan::new(
+        &sc,
+        Some(247),
+        Shard::ALL,
+        ModbusLayout::Gateway { base: zero },
+    );
+    assert_eq!(one.unwrap().listeners().len(), 1);
 }
