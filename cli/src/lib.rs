@@ -2,6 +2,7 @@
 //! codes. The only crate that uses anyhow, prints, or decides how the process ends.
 
 pub mod args;
+pub mod bench;
 pub mod commands;
 pub mod exit;
 pub mod export;
