@@ -18,7 +18,7 @@ pub mod pacing;
 pub mod registers;
 pub mod service;
 
-pub use image::{DeviceIdentity, MeterImage, Refusal, Settings};
+pub use image::{CalSelector, Calibration, DeviceIdentity, MeterImage, Refusal, Settings};
 pub use live::{LiveMeter, MeterRef};
 pub use registers::{MapOptions, Point, RegisterMap};
 pub use service::{MeterService, SharedMeter, Units};

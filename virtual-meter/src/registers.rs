@@ -15,6 +15,13 @@ pub const VOLTAGE_L2_REG: u16 = 0x0026;
 pub const VOLTAGE_L3_REG: u16 = 0x0028;
 /// Start of the writable settings block in the default map.
 pub const SETTINGS_BASE: u16 = 0x0100;
+/// Calibrations that changed a gain (uint32, read-only), after the gains.
+pub const CAL_COUNT_REG: u16 = 0x010C;
+/// Calibration reference voltage (analog encoding, V, writable).
+pub const CAL_REFERENCE_REG: u16 = 0x010E;
+/// Calibration command (uint16, writable): 1 all, 2 L1, 3 L2, 4 L3. Right after the
+/// reference, so one FC16 of 3 registers at `CAL_REFERENCE_REG` sets both and runs it.
+pub const CAL_COMMAND_REG: u16 = 0x0110;
 
 /// Bits of `STATUS_REG`. Active bits follow the meter's trip state; latched bits are set by
 /// every trip and stay set until a client writes a 1 to them (write-1-to-clear).
@@ -72,6 +79,13 @@ pub enum Point {
     Hysteresis,
     /// Calibration gain of the voltage channel (writable, 1.0 = none).
     Gain(Phase),
+    /// Calibrations that changed at least one gain since start.
+    CalCount,
+    /// Reference voltage of the calibration command, V (writable, 90–480 V).
+    CalReference,
+    /// Calibration command (writable): 1 = all phases, 2 = L1, 3 = L2, 4 = L3; writing one
+    /// runs the calibration against `CalReference`; 0 does nothing; reads as 0.
+    CalCommand,
 }
 
 /// How a point's registers are laid out.
@@ -117,7 +131,7 @@ const P: [Phase; 3] = Phase::ALL;
 
 impl Point {
     /// Every point, in default-map order.
-    pub const ALL: [Point; 30] = [
+    pub const ALL: [Point; 33] = [
         Point::Voltage(P[0]),
         Point::Voltage(P[1]),
         Point::Voltage(P[2]),
@@ -148,6 +162,9 @@ impl Point {
         Point::Gain(P[0]),
         Point::Gain(P[1]),
         Point::Gain(P[2]),
+        Point::CalCount,
+        Point::CalReference,
+        Point::CalCommand,
     ];
 
     /// Every point, in default-map order.
@@ -177,6 +194,9 @@ impl Point {
             Point::LowerLimit => "VOLT_LOWER_LIMIT_REG".into(),
             Point::Hysteresis => "VOLT_HYSTERESIS_REG".into(),
             Point::Gain(p) => phase("CAL_GAIN", p),
+            Point::CalCount => "CAL_COUNT_REG".into(),
+            Point::CalReference => "CAL_REFERENCE_REG".into(),
+            Point::CalCommand => "CAL_COMMAND_REG".into(),
         }
     }
 
@@ -192,7 +212,8 @@ impl Point {
             | Point::UrmsHalf(_)
             | Point::UpperLimit
             | Point::LowerLimit
-            | Point::Hysteresis => "V",
+            | Point::Hysteresis
+            | Point::CalReference => "V",
             Point::ThdV(_) => "%",
             Point::Frequency => "Hz",
             Point::Current(_) => "A",
@@ -200,16 +221,19 @@ impl Point {
             Point::Energy => "Wh",
             Point::SourceTime => "ms",
             Point::Gain(_) => "ratio",
-            Point::Status | Point::FirmwareVersion => "bits",
-            Point::TripCount | Point::ClearCount | Point::PqEventCount => "count",
+            Point::Status | Point::FirmwareVersion | Point::CalCommand => "bits",
+            Point::TripCount | Point::ClearCount | Point::PqEventCount | Point::CalCount => "count",
         }
     }
 
     pub fn access(self) -> Access {
         match self {
-            Point::UpperLimit | Point::LowerLimit | Point::Hysteresis | Point::Gain(_) => {
-                Access::ReadWrite
-            }
+            Point::UpperLimit
+            | Point::LowerLimit
+            | Point::Hysteresis
+            | Point::Gain(_)
+            | Point::CalReference
+            | Point::CalCommand => Access::ReadWrite,
             Point::Status => Access::WriteOneToClear,
             _ => Access::Read,
         }
@@ -217,10 +241,12 @@ impl Point {
 
     fn kind(self) -> Kind {
         match self {
-            Point::Status | Point::FirmwareVersion => Kind::Bits,
-            Point::TripCount | Point::ClearCount | Point::PqEventCount | Point::SourceTime => {
-                Kind::Counter
-            }
+            Point::Status | Point::FirmwareVersion | Point::CalCommand => Kind::Bits,
+            Point::TripCount
+            | Point::ClearCount
+            | Point::PqEventCount
+            | Point::SourceTime
+            | Point::CalCount => Kind::Counter,
             _ => Kind::Analog,
         }
     }
@@ -247,6 +273,9 @@ impl Point {
             Point::LowerLimit => SETTINGS_BASE + 2,
             Point::Hysteresis => SETTINGS_BASE + 4,
             Point::Gain(p) => ph(SETTINGS_BASE + 6, p),
+            Point::CalCount => CAL_COUNT_REG,
+            Point::CalReference => CAL_REFERENCE_REG,
+            Point::CalCommand => CAL_COMMAND_REG,
         }
     }
 }
@@ -674,12 +703,21 @@ mod tests {
         for a in 0x0024..=0x0051 {
             assert!(map.slot(a).is_some(), "0x{a:04X}");
         }
-        for a in 0x0100..=0x010B {
+        for a in 0x0100..=0x0110 {
             assert!(map.slot(a).is_some(), "0x{a:04X}");
         }
+        assert_eq!(map.address(Point::CalCount), Some(0x010C));
+        assert_eq!(map.address(Point::CalReference), Some(0x010E));
+        assert_eq!(map.address(Point::CalCommand), Some(0x0110));
+        assert_eq!(
+            map.entry(Point::CalCommand).unwrap().encoding,
+            PointEncoding::Uint16
+        );
+        assert_eq!(map.entry(Point::CalCount).unwrap().registers(), 2);
+        assert_eq!(Point::CalCount.access(), Access::Read);
         assert_eq!(map.slot(0x0023), None);
         assert_eq!(map.slot(0x0052), None);
-        assert_eq!(map.slot(0x010C), None);
+        assert_eq!(map.slot(0x0111), None);
         assert_eq!(map.slot(0xFFFF), None);
         assert_eq!(
             map.slot(0x0027),
