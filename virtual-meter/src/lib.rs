@@ -7,11 +7,13 @@
 //!   feeding its image; sans-io, advanced by the caller.
 //! - [`service`]: the tokio-modbus `Service` (single meter or gateway of unit ids), FC43.
 //! - [`pacing`]: the real-time loop on tokio's clock.
+//! - [`event_log`]: [`event_log::EventLogWriter`], the meters' `voltage_events.log`.
 //! - [`broker`]: `--broker` URLs, the embedded rumqttd, a spawned Mosquitto.
 //!
 //! Only `pacing` and `service` know about tokio; nothing here reads YAML or prints.
 
 pub mod broker;
+pub mod event_log;
 pub mod image;
 pub mod live;
 pub mod pacing;

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod event_log;
 mod live;
 mod pacing;
 mod server;
