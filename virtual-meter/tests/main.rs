@@ -5,6 +5,7 @@
 
 mod common;
 mod event_log;
+mod idle;
 mod live;
 mod pacing;
 mod server;
