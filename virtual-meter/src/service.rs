@@ -361,14 +361,15 @@ pub async fn serve_with(
         }
         let new_service = new_service.clone();
         async move {
-            Ok(accept_tcp_connection(stream, addr, new_service)?
-                .map(|(service, stream)| {
+            Ok(
+                accept_tcp_connection(stream, addr, new_service)?.map(|(service, stream)| {
                     let stream = match idle_timeout {
                         Some(t) => IdleTimeout::new(stream, t),
                         None => IdleTimeout::never(stream),
                     };
                     (service, stream)
-                }))
+                }),
+            )
         }
     };
     let on_process_error = |err: io::Error| tracing::debug!("modbus connection closed: {err}");

@@ -78,7 +78,10 @@ fn appends_to_a_file_across_writers() {
     // Flushed per call: the line is in the file now.
     let text = std::fs::read_to_string(&path).unwrap();
     assert_eq!(text.lines().count(), 1);
-    assert!(text.starts_with("t=1.0") && text.contains("UV_TRIP_0x01"), "{text}");
+    assert!(
+        text.starts_with("t=1.0") && text.contains("UV_TRIP_0x01"),
+        "{text}"
+    );
     drop(w);
     m.lock().unwrap().advance_to(3.0);
     let mut w = EventLogWriter::append_to(&path).unwrap();

@@ -7,5 +7,6 @@ mod common;
 mod event_log;
 mod idle;
 mod live;
+mod maps;
 mod pacing;
 mod server;
