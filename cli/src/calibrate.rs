@@ -328,7 +328,11 @@ mod tests {
         for (i, v) in volts.iter().enumerate() {
             // float32 on the wire: the reference and the gain each carry 2^-24 relative error.
             let want = 230.0 / v;
-            assert!((r.new[i] - want).abs() < want * 1e-6, "{i}: {} vs {want}", r.new[i]);
+            assert!(
+                (r.new[i] - want).abs() < want * 1e-6,
+                "{i}: {} vs {want}",
+                r.new[i]
+            );
         }
         // The meter itself holds the new gains.
         let gains = m.lock().unwrap().image().settings().gains;
@@ -370,6 +374,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code, ENVIRONMENT);
-        assert!(format!("{:#}", e.error).contains("cannot connect"), "{:#}", e.error);
+        assert!(
+            format!("{:#}", e.error).contains("cannot connect"),
+            "{:#}",
+            e.error
+        );
     }
 }
