@@ -274,10 +274,10 @@ impl MeterImage {
         let old = self.settings.gains;
         let new = self.plan_calibration(old, reference, selector)?;
         self.cal_reference = reference;
-        let mut next = self.settings;
-        next.gains = new;
-        self.commit_gains(next.gains, true);
-        self.settings = next;
+        if self.note_gain_changes(old, new) {
+            self.cal_count += 1;
+        }
+        self.settings.gains = new;
         Ok(Calibration {
             old,
             new,
@@ -318,19 +318,17 @@ impl MeterImage {
         Ok(next)
     }
 
-    /// Note which gains change to `gains` (new readings must be measured wholly under them);
-    /// count a calibration if `calibration` and any changed.
-    fn commit_gains(&mut self, gains: [f64; 3], calibration: bool) {
+    /// Note which gains change from `from` to `to` (new readings must be measured wholly
+    /// under them); returns whether any did.
+    fn note_gain_changes(&mut self, from: [f64; 3], to: [f64; 3]) -> bool {
         let mut changed = false;
-        for (i, (&new, &old)) in gains.iter().zip(&self.settings.gains).enumerate() {
-            if new != old {
+        for (i, (new, old)) in to.iter().zip(from).enumerate() {
+            if *new != old {
                 self.gain_since[i] = self.state.time;
                 changed = true;
             }
         }
-        if calibration && changed {
-            self.cal_count += 1;
-        }
+        changed
     }
 
     pub fn map(&self) -> &RegisterMap {
@@ -618,13 +616,10 @@ impl MeterImage {
             next.gains = self.plan_calibration(next.gains, reference, selector)?;
         }
         let changed = next != self.settings || self.state.latched & clear_latches != 0;
-        self.commit_gains(written_gains, false);
-        if next.gains != written_gains {
-            // Only the calibration's own changes count as a calibration.
-            let mut before = self.settings;
-            before.gains = written_gains;
-            self.settings = before;
-            self.commit_gains(next.gains, true);
+        self.note_gain_changes(self.settings.gains, written_gains);
+        // Only the calibration's own changes count as a calibration.
+        if self.note_gain_changes(written_gains, next.gains) {
+            self.cal_count += 1;
         }
         self.cal_reference = reference;
         self.settings = next;

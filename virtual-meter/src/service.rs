@@ -227,6 +227,8 @@ pub struct IdleTimeout<T> {
     inner: T,
     /// The timeout and the running deadline; `None`: never time out.
     deadline: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// Named in the timeout error.
+    peer: Option<SocketAddr>,
 }
 
 impl<T> IdleTimeout<T> {
@@ -235,7 +237,14 @@ impl<T> IdleTimeout<T> {
         IdleTimeout {
             inner,
             deadline: Some((timeout, Box::pin(tokio::time::sleep(timeout)))),
+            peer: None,
         }
+    }
+
+    /// Name `peer` in the timeout error.
+    pub fn with_peer(mut self, peer: SocketAddr) -> Self {
+        self.peer = Some(peer);
+        self
     }
 
     /// Wrap `inner` without a timeout.
@@ -243,6 +252,7 @@ impl<T> IdleTimeout<T> {
         IdleTimeout {
             inner,
             deadline: None,
+            peer: None,
         }
     }
 
@@ -276,7 +286,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
                 match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        format!("no data for {timeout:?}"),
+                        match this.peer {
+                            Some(peer) => format!("{peer}: no data for {timeout:?}"),
+                            None => format!("no data for {timeout:?}"),
+                        },
                     ))),
                     Poll::Pending => Poll::Pending,
                 }
@@ -364,7 +377,7 @@ pub async fn serve_with(
             Ok(
                 accept_tcp_connection(stream, addr, new_service)?.map(|(service, stream)| {
                     let stream = match idle_timeout {
-                        Some(t) => IdleTimeout::new(stream, t),
+                        Some(t) => IdleTimeout::new(stream, t).with_peer(addr),
                         None => IdleTimeout::never(stream),
                     };
                     (service, stream)
@@ -377,4 +390,42 @@ pub async fn serve_with(
         .serve_until(&on_connected, on_process_error, stop)
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod idle_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn every_byte_restarts_the_idle_timer() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let peer: SocketAddr = "192.0.2.1:5020".parse().unwrap();
+        let mut server = IdleTimeout::new(server, Duration::from_secs(10)).with_peer(peer);
+        let start = Instant::now();
+        let mut buf = [0_u8; 8];
+        for k in 1..=3_u64 {
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            client.write_all(&[1]).await.unwrap();
+            assert_eq!(server.read(&mut buf).await.unwrap(), 1);
+            assert_eq!(start.elapsed(), Duration::from_secs(9 * k));
+        }
+        let e = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(e.to_string(), "192.0.2.1:5020: no data for 10s");
+        assert_eq!(start.elapsed(), Duration::from_secs(27 + 10));
+        // Writes pass through untouched.
+        server.write_all(b"ok").await.unwrap();
+        assert_eq!(client.read(&mut buf).await.unwrap(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_times_out_without_a_timeout() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut server = IdleTimeout::never(server);
+        let mut buf = [0_u8; 8];
+        let r = tokio::time::timeout(Duration::from_secs(86_400), server.read(&mut buf)).await;
+        assert!(r.is_err(), "still waiting after a day");
+    }
 }
