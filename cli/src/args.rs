@@ -58,6 +58,8 @@ pub enum Command {
     Meter(MeterArgs),
     /// Run many meters of a scenario in this process (Modbus ports or gateways, MQTT)
     Fleet(crate::fleet::FleetArgs),
+    /// Calibrate a meter's voltage gains to a reference voltage over Modbus/TCP
+    Calibrate(crate::calibrate::CalibrateArgs),
 }
 
 /// `gridloop meter`: one meter, or a gateway of several, running a scenario in real time.
@@ -89,7 +91,8 @@ pub struct MeterArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=247))]
     pub units: u8,
 
-    /// Register map file (`NAME = 0x0024 [ENCODING]` lines) [default: the documented map]
+    /// Register map file: `register_map.conf` (`NAME = 0x0024 [ENCODING]` lines), or YAML
+    /// for .yaml/.yml [default: the documented map]
     #[arg(long, value_name = "FILE")]
     pub map: Option<PathBuf>,
 
@@ -113,6 +116,15 @@ pub struct MeterArgs {
     /// Pacing step in milliseconds: how often meters catch up with the wall clock
     #[arg(long, value_name = "MS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub step_ms: u64,
+
+    /// Close a Modbus connection that sends nothing for this long, between requests or inside
+    /// a partial frame (e.g. 30s; 0 = never)
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub idle_timeout: String,
+
+    /// The meters' event log: one line per trip and clear, appended (`none` disables)
+    #[arg(long, value_name = "FILE", default_value = "voltage_events.log")]
+    pub event_log: PathBuf,
 }
 
 impl MeterArgs {

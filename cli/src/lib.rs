@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod calibrate;
 pub mod commands;
 pub mod exit;
 pub mod export;
@@ -44,6 +45,7 @@ pub fn main() -> ExitCode {
         Command::Export(args) => export::export(args),
         Command::Meter(args) => meter::meter(args),
         Command::Fleet(args) => fleet::fleet(args),
+        Command::Calibrate(args) => calibrate::calibrate(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

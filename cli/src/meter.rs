@@ -10,9 +10,10 @@ use sim_core::Scenario;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
+use virtual_meter::event_log::EventLogWriter;
 use virtual_meter::pacing::{run_paced, PacingStats};
 use virtual_meter::registers::{parse_encoding, MapOptions, RegisterMap};
-use virtual_meter::service::serve_notify;
+use virtual_meter::service::{serve_with, ServeOptions};
 use virtual_meter::{LiveMeter, MeterRef, SharedMeter, Units};
 
 use crate::args::MeterArgs;
@@ -53,6 +54,10 @@ struct Plan {
     map: Arc<RegisterMap>,
     end: f64,
     linger: Duration,
+    /// `None`: connections never time out.
+    idle_timeout: Option<Duration>,
+    /// `None`: no event log file.
+    event_log: Option<PathBuf>,
 }
 
 impl Plan {
@@ -106,7 +111,7 @@ impl Plan {
         let map = match &args.map {
             None => RegisterMap::default_map(options),
             Some(file) => {
-                RegisterMap::load_conf(file, options).map_err(|e| Failure::new(INVALID_INPUT, e))?
+                RegisterMap::load(file, options).map_err(|e| Failure::new(INVALID_INPUT, e))?
             }
         };
         let seconds = |flag: &str, text: &Option<String>| -> Result<Option<f64>, Failure> {
@@ -121,11 +126,20 @@ impl Plan {
         let end = seconds("--duration", &args.duration)?
             .map_or(scenario.duration, |d| d.min(scenario.duration));
         let linger = Duration::from_secs_f64(seconds("--linger", &args.linger)?.unwrap_or(0.0));
+        let idle_timeout = match args.idle_timeout.trim() {
+            "0" => None,
+            text => seconds("--idle-timeout", &Some(text.to_string()))?
+                .filter(|s| *s > 0.0)
+                .map(Duration::from_secs_f64),
+        };
+        let event_log = (args.event_log.as_os_str() != "none").then(|| args.event_log.clone());
         Ok(Plan {
             group,
             map: Arc::new(map),
             end,
             linger,
+            idle_timeout,
+            event_log,
         })
     }
 }
@@ -155,15 +169,24 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
     let addr = listener
         .local_addr()
         .or_exit(ENVIRONMENT, || "cannot read the bound address".into())?;
+    let mut event_log = match &plan.event_log {
+        None => None,
+        Some(path) => Some(EventLogWriter::append_to(path).or_exit(ENVIRONMENT, || {
+            format!("cannot open the event log {}", path.display())
+        })?),
+    };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let connected = Arc::new(Notify::new());
-    let server = tokio::spawn(serve_notify(
+    let server = tokio::spawn(serve_with(
         listener,
         Arc::new(units),
         Box::pin(async move {
             let _ = stop_rx.await;
         }),
-        Some(connected.clone()),
+        ServeOptions {
+            idle_timeout: plan.idle_timeout,
+            connected: Some(connected.clone()),
+        },
     ));
     {
         let group = &scenario.groups[plan.group].name;
@@ -196,11 +219,32 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
         }
     }
     let mut stats = PacingStats::default();
+    let step = Duration::from_millis(args.step_ms);
+    let mut log_error = None;
     if !interrupted {
-        let step = Duration::from_millis(args.step_ms);
+        // The event log follows the pacing loop step by step.
+        let logging = async {
+            let Some(log) = event_log.as_mut() else {
+                return std::future::pending().await;
+            };
+            let mut ticker = tokio::time::interval(step);
+            loop {
+                ticker.tick().await;
+                if let Err(e) = log.append(&meters) {
+                    return e;
+                }
+            }
+        };
         tokio::select! {
             () = run_paced(&meters, Instant::now(), step, plan.end, &mut stats) => {}
+            e = logging => log_error = Some(e),
             _ = &mut ctrl_c => interrupted = true,
+        }
+    }
+    // Whatever the last step produced.
+    if let (Some(log), None) = (event_log.as_mut(), &log_error) {
+        if let Err(e) = log.append(&meters) {
+            log_error = Some(e);
         }
     }
     if !interrupted && !plan.linger.is_zero() {
@@ -219,6 +263,12 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
                 format!("modbus server failed: {e}"),
             ))
         }
+    }
+    if let (Some(e), Some(path)) = (log_error, &plan.event_log) {
+        return Err(Failure::msg(
+            ENVIRONMENT,
+            format!("cannot write the event log {}: {e}", path.display()),
+        ));
     }
     let trips: u64 = meters
         .iter()

@@ -23,6 +23,64 @@ pub const MAX_WRITE: u16 = 123;
 pub const LIMIT_RANGE: (f64, f64) = (0.0, 1000.0);
 pub const HYSTERESIS_RANGE: (f64, f64) = (0.0, 100.0);
 pub const GAIN_RANGE: (f64, f64) = (0.5, 2.0);
+/// Allowed calibration reference voltages, V.
+pub const CAL_REFERENCE_RANGE: (f64, f64) = (90.0, 480.0);
+/// A phase whose calibrated reading is within this fraction of the reference (0.01 %) is left
+/// alone by a calibration: that is what makes applying the same reference twice a no-op.
+pub const CAL_DEADBAND: f64 = 1e-4;
+
+/// Which phases a calibration adjusts (`CAL_COMMAND_REG`: 1 all, 2 L1, 3 L2, 4 L3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalSelector {
+    /// Every phase the meter has.
+    All,
+    /// One phase.
+    Phase(Phase),
+}
+
+impl CalSelector {
+    /// The selector a `CAL_COMMAND_REG` value asks for (1–4); 0 and others are `None`.
+    pub fn from_command(value: u16) -> Option<CalSelector> {
+        match value {
+            1 => Some(CalSelector::All),
+            2..=4 => Phase::ALL
+                .get(usize::from(value - 2))
+                .copied()
+                .map(CalSelector::Phase),
+            _ => None,
+        }
+    }
+
+    /// The `CAL_COMMAND_REG` value of this selector.
+    pub fn command(self) -> u16 {
+        match self {
+            CalSelector::All => 1,
+            CalSelector::Phase(p) => 2 + p.index() as u16,
+        }
+    }
+
+    /// `all`, `L1`, `L2` or `L3` (any case).
+    pub fn parse(text: &str) -> Option<CalSelector> {
+        if text.eq_ignore_ascii_case("all") {
+            return Some(CalSelector::All);
+        }
+        Phase::ALL
+            .iter()
+            .find(|p| p.name().eq_ignore_ascii_case(text))
+            .map(|&p| CalSelector::Phase(p))
+    }
+}
+
+/// What a calibration did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    /// Gains before.
+    pub old: [f64; 3],
+    /// Gains after (equal to `old` where the phase was already within the deadband).
+    pub new: [f64; 3],
+    /// Whether any gain changed (and `CAL_COUNT_REG` was incremented).
+    pub changed: bool,
+}
 
 /// Why a request was refused; maps one to one onto Modbus exception codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +196,16 @@ pub struct MeterImage {
     energy_by_channel: [f64; 3],
     /// Entries of the meter's event log already folded into the counters and latches.
     seen_log: usize,
+    /// Calibration reference, V (NaN until written).
+    cal_reference: f64,
+    /// Calibrations that changed a gain.
+    cal_count: u64,
+    /// Uncalibrated 10/12-cycle RMS per phase: the latest reading measured wholly under the
+    /// current gain, divided by that gain (NaN until the first one).
+    raw_rms: [f64; 3],
+    /// Image time since which each phase's current gain applies: windows starting earlier
+    /// were (partly) measured with the previous gain and do not update `raw_rms`.
+    gain_since: [Seconds; 3],
 }
 
 impl MeterImage {
@@ -161,7 +229,106 @@ impl MeterImage {
             measured_power: false,
             energy_by_channel: [0.0; 3],
             seen_log: 0,
+            cal_reference: f64::NAN,
+            cal_count: 0,
+            raw_rms: [f64::NAN; 3],
+            gain_since: [f64::NEG_INFINITY; 3],
         }
+    }
+
+    /// Calibrations that changed a gain so far (`CAL_COUNT_REG`).
+    pub fn cal_count(&self) -> u64 {
+        self.cal_count
+    }
+
+    /// The calibration reference last written, V (NaN if none).
+    pub fn cal_reference(&self) -> f64 {
+        self.cal_reference
+    }
+
+    /// The phase's reading as calibrated by the current gain: raw RMS × gain (NaN before the
+    /// first 10/12-cycle value, or for a phase the meter lacks).
+    pub fn calibrated_reading(&self, phase: Phase) -> f64 {
+        let i = phase.index();
+        if i < self.channels {
+            self.raw_rms[i] * self.settings.gains[i]
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// The calibration command: set the reference and adjust the selected phases' gains so
+    /// that their readings equal it (gain = reference / raw RMS). A phase already within
+    /// [`CAL_DEADBAND`] of the reference keeps its gain, so the same reference twice changes
+    /// nothing the second time. Refused (Illegal Data Value, nothing changed) for a reference
+    /// outside [`CAL_REFERENCE_RANGE`], a selected phase without a reading yet or missing on
+    /// this meter, or a gain that would leave [`GAIN_RANGE`].
+    pub fn calibrate(
+        &mut self,
+        reference: f64,
+        selector: CalSelector,
+    ) -> Result<Calibration, Refusal> {
+        if !in_range(reference, CAL_REFERENCE_RANGE) {
+            return Err(Refusal::IllegalDataValue);
+        }
+        let old = self.settings.gains;
+        let new = self.plan_calibration(old, reference, selector)?;
+        self.cal_reference = reference;
+        if self.note_gain_changes(old, new) {
+            self.cal_count += 1;
+        }
+        self.settings.gains = new;
+        Ok(Calibration {
+            old,
+            new,
+            changed: new != old,
+        })
+    }
+
+    /// The gains a calibration to `reference` would set, starting from `gains`.
+    fn plan_calibration(
+        &self,
+        gains: [f64; 3],
+        reference: f64,
+        selector: CalSelector,
+    ) -> Result<[f64; 3], Refusal> {
+        if !in_range(reference, CAL_REFERENCE_RANGE) {
+            return Err(Refusal::IllegalDataValue);
+        }
+        let phases = match selector {
+            CalSelector::All => 0..self.channels,
+            CalSelector::Phase(p) if p.index() < self.channels => p.index()..p.index() + 1,
+            CalSelector::Phase(_) => return Err(Refusal::IllegalDataValue),
+        };
+        let mut next = gains;
+        for i in phases {
+            let raw = self.raw_rms[i];
+            if !(raw.is_finite() && raw > 0.0) {
+                return Err(Refusal::IllegalDataValue);
+            }
+            if (raw * gains[i] - reference).abs() <= CAL_DEADBAND * reference {
+                continue;
+            }
+            let gain = reference / raw;
+            if !in_range(gain, GAIN_RANGE) {
+                return Err(Refusal::IllegalDataValue);
+            }
+            next[i] = gain;
+        }
+        Ok(next)
+    }
+
+    /// Note which gains change from `from` to `to` (new readings must be measured wholly
+    /// under them); returns whether any did.
+    fn note_gain_changes(&mut self, from: [f64; 3], to: [f64; 3]) -> bool {
+        let mut changed = false;
+        for (i, (new, old)) in to.iter().zip(from).enumerate() {
+            if *new != old {
+                self.gain_since[i] = self.state.time;
+                changed = true;
+            }
+        }
+        changed
     }
 
     pub fn map(&self) -> &RegisterMap {
@@ -192,6 +359,9 @@ impl MeterImage {
                 ..
             } if ch < n => {
                 self.state.voltage[ch] = value;
+                if t_start >= self.gain_since[ch] {
+                    self.raw_rms[ch] = value / self.settings.gains[ch];
+                }
                 if let Some(load) = self.load {
                     // Constant impedance (grid.rs `LoadSpec`): I follows V.
                     let amps = load.current * value / self.nominal;
@@ -314,6 +484,10 @@ impl MeterImage {
             Point::LowerLimit => self.settings.thresholds.lower,
             Point::Hysteresis => self.settings.thresholds.hysteresis,
             Point::Gain(p) => self.settings.gains[p.index()],
+            Point::CalCount => self.cal_count as f64,
+            Point::CalReference => self.cal_reference,
+            // A command, not a state: reads as 0, and writing 0 back does nothing.
+            Point::CalCommand => 0.0,
         }
     }
 
@@ -398,6 +572,8 @@ impl MeterImage {
         }
         let mut next = self.settings;
         let mut clear_latches = 0_u16;
+        let mut reference = self.cal_reference;
+        let mut command = None;
         for (entry, regs) in writes {
             let value = match entry.encoding {
                 PointEncoding::Uint16 => f64::from(regs[0]),
@@ -418,6 +594,14 @@ impl MeterImage {
                 Point::Hysteresis => next.thresholds.hysteresis = within(HYSTERESIS_RANGE)?,
                 Point::Gain(p) => next.gains[p.index()] = within(GAIN_RANGE)?,
                 Point::Status => clear_latches |= regs[0] & status::LATCHED_MASK,
+                Point::CalReference => reference = within(CAL_REFERENCE_RANGE)?,
+                Point::CalCommand => match regs[0] {
+                    0 => {}
+                    v => {
+                        command =
+                            Some(CalSelector::from_command(v).ok_or(Refusal::IllegalDataValue)?)
+                    }
+                },
                 _ => return Err(Refusal::IllegalDataAddress),
             }
         }
@@ -426,11 +610,26 @@ impl MeterImage {
         if !(t.lower < t.upper && t.lower + t.hysteresis < t.upper - t.hysteresis) {
             return Err(Refusal::IllegalDataValue);
         }
+        // The calibration runs last, on the gains and reference this same write set.
+        let written_gains = next.gains;
+        if let Some(selector) = command {
+            next.gains = self.plan_calibration(next.gains, reference, selector)?;
+        }
         let changed = next != self.settings || self.state.latched & clear_latches != 0;
+        self.note_gain_changes(self.settings.gains, written_gains);
+        // Only the calibration's own changes count as a calibration.
+        if self.note_gain_changes(written_gains, next.gains) {
+            self.cal_count += 1;
+        }
+        self.cal_reference = reference;
         self.settings = next;
         self.state.latched &= !clear_latches;
         Ok(changed)
     }
+}
+
+fn in_range(value: f64, (lo, hi): (f64, f64)) -> bool {
+    (lo..=hi).contains(&value)
 }
 
 fn sentinel(enc: RegisterEncoding) -> [u16; 2] {
@@ -738,5 +937,199 @@ mod tests {
         // Syncing again does not re-latch old trips.
         img.on_meter(&meter, 1.3);
         assert_eq!(img.status() & status::LATCHED_MASK, status::OV_LATCHED << 2);
+    }
+
+    fn readings(img: &mut MeterImage, t: f64, values: [f64; 3]) {
+        for (ch, v) in values.into_iter().enumerate() {
+            img.on_measure(&rms10(ch, t, v));
+        }
+    }
+
+    fn f32_pair(v: f32) -> [u16; 2] {
+        encoding::encode_f32(v, WordOrder::Abcd)
+    }
+
+    #[test]
+    fn calibration_sets_gain_to_reference_over_raw_and_is_idempotent() {
+        let mut img = image();
+        readings(&mut img, 1.0, [236.0, 240.0, 244.0]);
+        let cal = img.calibrate(240.0, CalSelector::All).unwrap();
+        assert_eq!(cal.old, [1.0; 3]);
+        // L2 already reads 240 V: within the deadband, untouched.
+        assert_eq!(cal.new, [240.0 / 236.0, 1.0, 240.0 / 244.0]);
+        assert!(cal.changed);
+        assert_eq!(img.cal_count(), 1);
+        assert_eq!(img.settings().gains, cal.new);
+        for p in Phase::ALL {
+            let r = img.calibrated_reading(p);
+            assert!((r - 240.0).abs() <= 240.0 * CAL_DEADBAND, "{p}: {r}");
+        }
+        // The same reference again, before any new reading: nothing changes.
+        let again = img.calibrate(240.0, CalSelector::All).unwrap();
+        assert_eq!(again.new, again.old);
+        assert!(!again.changed);
+        assert_eq!(img.cal_count(), 1);
+        // A window that started before the gain change still carries the old gain: it does
+        // not move the raw estimate.
+        img.on_measure(&rms10(0, 1.1, 236.0));
+        assert!(!img.calibrate(240.0, CalSelector::All).unwrap().changed);
+        // The meter measuring under the new gains reads the reference: still a no-op.
+        readings(&mut img, 1.5, [240.0, 240.0, 240.0]);
+        assert!(!img.calibrate(240.0, CalSelector::All).unwrap().changed);
+        assert_eq!(img.cal_count(), 1);
+        // A different reference on one phase changes that phase only.
+        let one = img.calibrate(230.0, CalSelector::Phase(Phase::L2)).unwrap();
+        assert_eq!(one.new, [240.0 / 236.0, 230.0 / 240.0, 240.0 / 244.0]);
+        assert_eq!(img.cal_count(), 2);
+        assert_eq!(u32_at(&img, 0x010C), 2);
+        assert_eq!(f32_at(&img, 0x010E), 230.0);
+    }
+
+    #[test]
+    fn calibration_refusals_change_nothing() {
+        let mut img = image();
+        // No reading yet.
+        assert_eq!(
+            img.calibrate(240.0, CalSelector::All),
+            Err(Refusal::IllegalDataValue)
+        );
+        img.on_measure(&rms10(0, 1.0, 236.0));
+        // L2 has no reading yet; L1 alone is fine.
+        assert_eq!(
+            img.calibrate(240.0, CalSelector::All),
+            Err(Refusal::IllegalDataValue)
+        );
+        for bad in [89.9, 480.1, f64::NAN, -240.0] {
+            assert_eq!(
+                img.calibrate(bad, CalSelector::Phase(Phase::L1)),
+                Err(Refusal::IllegalDataValue),
+                "{bad}"
+            );
+        }
+        // Gain 480 / 236 > 2: out of the gain range.
+        assert_eq!(
+            img.calibrate(480.0, CalSelector::Phase(Phase::L1)),
+            Err(Refusal::IllegalDataValue)
+        );
+        assert_eq!(img.settings().gains, [1.0; 3]);
+        assert_eq!(img.cal_count(), 0);
+        assert!(img.cal_reference().is_nan());
+        // A single-phase meter has no L2 or L3.
+        let mut one = MeterImage::new(
+            Arc::new(RegisterMap::default_map(MapOptions::default())),
+            DeviceIdentity::gridloop("m"),
+            1,
+            240.0,
+            None,
+            settings(),
+        );
+        one.on_measure(&rms10(0, 1.0, 236.0));
+        assert_eq!(
+            one.calibrate(240.0, CalSelector::Phase(Phase::L3)),
+            Err(Refusal::IllegalDataValue)
+        );
+        assert!(one.calibrate(240.0, CalSelector::All).unwrap().changed);
+    }
+
+    #[test]
+    fn calibration_through_the_registers() {
+        let mut img = image();
+        readings(&mut img, 1.0, [236.0, 236.0, 236.0]);
+        // Reads: count 0, reference not set (NaN), command 0.
+        assert_eq!(u32_at(&img, 0x010C), 0);
+        assert!(f32_at(&img, 0x010E).is_nan());
+        assert_eq!(img.read(0x0110, 1).unwrap(), [0]);
+        // The whole settings block is one gap-free read.
+        assert_eq!(img.read(0x0100, 17).unwrap().len(), 17);
+        // The command without a reference is refused.
+        assert_eq!(img.write(0x0110, &[1]), Err(Refusal::IllegalDataValue));
+        // Reference + command L1 in one FC16.
+        let [a, b] = f32_pair(240.0);
+        assert_eq!(img.write(0x010E, &[a, b, 2]), Ok(true));
+        let g = f32_at(&img, 0x0106);
+        assert_eq!(g, (240.0_f64 / 236.0) as f32);
+        assert_eq!(f32_at(&img, 0x0108), 1.0);
+        assert_eq!(u32_at(&img, 0x010C), 1);
+        // Again: no change, not counted.
+        assert_eq!(img.write(0x010E, &[a, b, 2]), Ok(false));
+        assert_eq!(u32_at(&img, 0x010C), 1);
+        // FC06 on the command alone uses the stored reference: L2 and L3 now.
+        assert_eq!(img.write(0x0110, &[1]), Ok(true));
+        assert_eq!(u32_at(&img, 0x010C), 2);
+        assert_eq!(img.write(0x0110, &[1]), Ok(false));
+        // 0 is no command; 5 is not a selector; the count is read-only; a reference out
+        // of range is refused and leaves the stored one.
+        assert_eq!(img.write(0x0110, &[0]), Ok(false));
+        assert_eq!(img.write(0x0110, &[5]), Err(Refusal::IllegalDataValue));
+        assert_eq!(img.write(0x010C, &[0, 0]), Err(Refusal::IllegalDataAddress));
+        let [c, d] = f32_pair(500.0);
+        assert_eq!(img.write(0x010E, &[c, d]), Err(Refusal::IllegalDataValue));
+        assert_eq!(f32_at(&img, 0x010E), 240.0);
+        // A refused calibration refuses the whole write (gain 2.1 would be out of range).
+        let [e, f] = f32_pair(1.5);
+        let [r0, r1] = f32_pair(480.0);
+        assert_eq!(
+            img.write(0x010A, &[e, f, 0, 0, r0, r1, 1]),
+            Err(Refusal::IllegalDataAddress),
+            "the read-only count sits between the gains and the reference"
+        );
+        assert_eq!(
+            img.write(0x010E, &[r0, r1, 1]),
+            Err(Refusal::IllegalDataValue)
+        );
+        assert_eq!(u32_at(&img, 0x010C), 2);
+        assert_eq!(f32_at(&img, 0x010E), 240.0);
+    }
+
+    proptest::proptest! {
+        /// Any reading, gain and reference: the calibrated reading ends within the deadband of
+        /// the reference (or the calibration is refused and nothing changed), and a second
+        /// calibration with the same reference changes nothing — also after a fresh reading
+        /// measured under the new gain.
+        #[test]
+        fn calibration_converges_and_repeats_as_a_no_op(
+            raw in 100.0_f64..400.0,
+            gain in 0.5_f64..2.0,
+            reference in 90.0_f64..480.0,
+        ) {
+            let mut img = image();
+            img.write(0x010A, &f32_pair(gain as f32)).unwrap();
+            let gain = f64::from(gain as f32);
+            img.on_measure(&rms10(2, 1.0, raw * gain));
+            let sel = CalSelector::Phase(Phase::L3);
+            match img.calibrate(reference, sel) {
+                Err(e) => {
+                    proptest::prop_assert_eq!(e, Refusal::IllegalDataValue);
+                    proptest::prop_assert!(!in_range(reference / raw, GAIN_RANGE));
+                    proptest::prop_assert_eq!(img.settings().gains[2], gain);
+                    proptest::prop_assert_eq!(img.cal_count(), 0);
+                }
+                Ok(cal) => {
+                    let within = (raw * gain - reference).abs() <= CAL_DEADBAND * reference;
+                    proptest::prop_assert_eq!(cal.changed, !within);
+                    proptest::prop_assert_eq!(img.cal_count(), u64::from(!within));
+                    let g = img.settings().gains[2];
+                    proptest::prop_assert!(
+                        (raw * g - reference).abs() <= CAL_DEADBAND * reference
+                    );
+                    proptest::prop_assert!(!img.calibrate(reference, sel).unwrap().changed);
+                    img.on_measure(&rms10(2, 2.0, raw * g));
+                    proptest::prop_assert!(!img.calibrate(reference, sel).unwrap().changed);
+                    proptest::prop_assert_eq!(img.cal_count(), u64::from(!within));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn selectors() {
+        for (text, value) in [("all", 1), ("L1", 2), ("l2", 3), ("L3", 4)] {
+            let sel = CalSelector::parse(text).unwrap();
+            assert_eq!(sel.command(), value);
+            assert_eq!(CalSelector::from_command(value), Some(sel));
+        }
+        assert_eq!(CalSelector::parse("L4"), None);
+        assert_eq!(CalSelector::from_command(0), None);
+        assert_eq!(CalSelector::from_command(5), None);
     }
 }

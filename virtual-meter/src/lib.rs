@@ -7,12 +7,14 @@
 //!   feeding its image; sans-io, advanced by the caller.
 //! - [`service`]: the tokio-modbus `Service` (single meter or gateway of unit ids), FC43.
 //! - [`pacing`]: the real-time loop on tokio's clock.
+//! - [`event_log`]: [`event_log::EventLogWriter`], the meters' `voltage_events.log`.
 //! - [`broker`]: `--broker` URLs, the embedded rumqttd, a spawned Mosquitto.
 //! - [`fleet`]: which meters a fleet process runs (rescaling, shards, Modbus ports/gateways).
 //!
 //! Only `pacing` and `service` know about tokio; nothing here reads YAML or prints.
 
 pub mod broker;
+pub mod event_log;
 pub mod fleet;
 pub mod image;
 pub mod live;
@@ -20,7 +22,7 @@ pub mod pacing;
 pub mod registers;
 pub mod service;
 
-pub use image::{DeviceIdentity, MeterImage, Refusal, Settings};
+pub use image::{CalSelector, Calibration, DeviceIdentity, MeterImage, Refusal, Settings};
 pub use live::{LiveMeter, MeterRef};
 pub use registers::{MapOptions, Point, RegisterMap};
 pub use service::{MeterService, SharedMeter, Units};

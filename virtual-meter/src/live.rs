@@ -12,7 +12,7 @@ use sim_core::scenario::{Fidelity, FrontEnd};
 use sim_core::synth::{SampleBlock, SupplyModel, Synthesizer};
 use sim_core::{Scenario, Seconds};
 
-use crate::image::{DeviceIdentity, MeterImage, Refusal, Settings};
+use crate::image::{CalSelector, Calibration, DeviceIdentity, MeterImage, Refusal, Settings};
 use crate::registers::RegisterMap;
 
 /// Most samples per channel synthesized at once (the harness's block size).
@@ -276,6 +276,23 @@ impl LiveMeter {
             self.front_end.gain = s.gains;
         }
         Ok(())
+    }
+}
+
+impl LiveMeter {
+    /// The calibration command ([`MeterImage::calibrate`]): gains that make the selected
+    /// phases read `reference`, applied to the front end from the next sample on. Idempotent:
+    /// the same reference again changes nothing.
+    pub fn calibrate(
+        &mut self,
+        reference: f64,
+        selector: CalSelector,
+    ) -> Result<Calibration, Refusal> {
+        let cal = self.image.calibrate(reference, selector)?;
+        if cal.changed {
+            self.front_end.gain = self.image.settings().gains;
+        }
+        Ok(cal)
     }
 }
 

@@ -15,6 +15,13 @@ pub const VOLTAGE_L2_REG: u16 = 0x0026;
 pub const VOLTAGE_L3_REG: u16 = 0x0028;
 /// Start of the writable settings block in the default map.
 pub const SETTINGS_BASE: u16 = 0x0100;
+/// Calibrations that changed a gain (uint32, read-only), after the gains.
+pub const CAL_COUNT_REG: u16 = 0x010C;
+/// Calibration reference voltage (analog encoding, V, writable).
+pub const CAL_REFERENCE_REG: u16 = 0x010E;
+/// Calibration command (uint16, writable): 1 all, 2 L1, 3 L2, 4 L3. Right after the
+/// reference, so one FC16 of 3 registers at `CAL_REFERENCE_REG` sets both and runs it.
+pub const CAL_COMMAND_REG: u16 = 0x0110;
 
 /// Bits of `STATUS_REG`. Active bits follow the meter's trip state; latched bits are set by
 /// every trip and stay set until a client writes a 1 to them (write-1-to-clear).
@@ -72,6 +79,13 @@ pub enum Point {
     Hysteresis,
     /// Calibration gain of the voltage channel (writable, 1.0 = none).
     Gain(Phase),
+    /// Calibrations that changed at least one gain since start.
+    CalCount,
+    /// Reference voltage of the calibration command, V (writable, 90–480 V).
+    CalReference,
+    /// Calibration command (writable): 1 = all phases, 2 = L1, 3 = L2, 4 = L3; writing one
+    /// runs the calibration against `CalReference`; 0 does nothing; reads as 0.
+    CalCommand,
 }
 
 /// How a point's registers are laid out.
@@ -117,7 +131,7 @@ const P: [Phase; 3] = Phase::ALL;
 
 impl Point {
     /// Every point, in default-map order.
-    pub const ALL: [Point; 30] = [
+    pub const ALL: [Point; 33] = [
         Point::Voltage(P[0]),
         Point::Voltage(P[1]),
         Point::Voltage(P[2]),
@@ -148,6 +162,9 @@ impl Point {
         Point::Gain(P[0]),
         Point::Gain(P[1]),
         Point::Gain(P[2]),
+        Point::CalCount,
+        Point::CalReference,
+        Point::CalCommand,
     ];
 
     /// Every point, in default-map order.
@@ -177,6 +194,9 @@ impl Point {
             Point::LowerLimit => "VOLT_LOWER_LIMIT_REG".into(),
             Point::Hysteresis => "VOLT_HYSTERESIS_REG".into(),
             Point::Gain(p) => phase("CAL_GAIN", p),
+            Point::CalCount => "CAL_COUNT_REG".into(),
+            Point::CalReference => "CAL_REFERENCE_REG".into(),
+            Point::CalCommand => "CAL_COMMAND_REG".into(),
         }
     }
 
@@ -192,7 +212,8 @@ impl Point {
             | Point::UrmsHalf(_)
             | Point::UpperLimit
             | Point::LowerLimit
-            | Point::Hysteresis => "V",
+            | Point::Hysteresis
+            | Point::CalReference => "V",
             Point::ThdV(_) => "%",
             Point::Frequency => "Hz",
             Point::Current(_) => "A",
@@ -200,16 +221,19 @@ impl Point {
             Point::Energy => "Wh",
             Point::SourceTime => "ms",
             Point::Gain(_) => "ratio",
-            Point::Status | Point::FirmwareVersion => "bits",
-            Point::TripCount | Point::ClearCount | Point::PqEventCount => "count",
+            Point::Status | Point::FirmwareVersion | Point::CalCommand => "bits",
+            Point::TripCount | Point::ClearCount | Point::PqEventCount | Point::CalCount => "count",
         }
     }
 
     pub fn access(self) -> Access {
         match self {
-            Point::UpperLimit | Point::LowerLimit | Point::Hysteresis | Point::Gain(_) => {
-                Access::ReadWrite
-            }
+            Point::UpperLimit
+            | Point::LowerLimit
+            | Point::Hysteresis
+            | Point::Gain(_)
+            | Point::CalReference
+            | Point::CalCommand => Access::ReadWrite,
             Point::Status => Access::WriteOneToClear,
             _ => Access::Read,
         }
@@ -217,10 +241,12 @@ impl Point {
 
     fn kind(self) -> Kind {
         match self {
-            Point::Status | Point::FirmwareVersion => Kind::Bits,
-            Point::TripCount | Point::ClearCount | Point::PqEventCount | Point::SourceTime => {
-                Kind::Counter
-            }
+            Point::Status | Point::FirmwareVersion | Point::CalCommand => Kind::Bits,
+            Point::TripCount
+            | Point::ClearCount
+            | Point::PqEventCount
+            | Point::SourceTime
+            | Point::CalCount => Kind::Counter,
             _ => Kind::Analog,
         }
     }
@@ -247,6 +273,9 @@ impl Point {
             Point::LowerLimit => SETTINGS_BASE + 2,
             Point::Hysteresis => SETTINGS_BASE + 4,
             Point::Gain(p) => ph(SETTINGS_BASE + 6, p),
+            Point::CalCount => CAL_COUNT_REG,
+            Point::CalReference => CAL_REFERENCE_REG,
+            Point::CalCommand => CAL_COMMAND_REG,
         }
     }
 }
@@ -334,13 +363,63 @@ pub struct RegisterMap {
     index: Vec<u16>,
 }
 
-/// A `register_map.conf` problem, naming the file and the 1-based line.
+/// A register map file problem, naming the file, the 1-based line, and for YAML the column
+/// and the field: `map.conf:3: …`, `map.yaml:3:17: VOLTAGE_L2_REG.address: …`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}: {kind}")]
+#[error("{file}:{line}{}: {}{kind}", column.map(|c| format!(":{c}")).unwrap_or_default(), field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
 pub struct MapError {
     pub file: String,
     pub line: usize,
+    /// 1-based column (YAML maps only).
+    pub column: Option<u32>,
+    /// The field at fault, e.g. `VOLTAGE_L2_REG.encoding` (YAML maps only).
+    pub field: Option<Box<str>>,
     pub kind: MapErrorKind,
+}
+
+impl MapError {
+    fn at(file: &str, at: Loc, kind: MapErrorKind) -> MapError {
+        MapError {
+            file: file.to_string(),
+            line: at.line,
+            column: at.column,
+            field: at.field.map(String::into_boxed_str),
+            kind,
+        }
+    }
+}
+
+/// Where an item of a map file sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Loc {
+    line: usize,
+    column: Option<u32>,
+    field: Option<String>,
+}
+
+impl Loc {
+    fn line(line: usize) -> Loc {
+        Loc {
+            line,
+            column: None,
+            field: None,
+        }
+    }
+}
+
+/// One `NAME = ADDRESS [ENCODING]` of either file format, with where each part sits.
+#[derive(Debug)]
+struct Item {
+    name: (String, Loc),
+    address: (String, Loc),
+    encoding: Option<(String, Loc)>,
+}
+
+fn read_map(path: &Path) -> Result<(String, String), MapError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| MapError::at(&file, Loc::line(0), MapErrorKind::Io(e.to_string())))?;
+    Ok((text, file))
 }
 
 /// What is wrong with a line.
@@ -371,6 +450,9 @@ pub enum MapErrorKind {
     Empty,
     #[error("cannot read the file: {0}")]
     Io(String),
+    /// A YAML map that is not YAML, or not a mapping of names to addresses.
+    #[error("{0}")]
+    Yaml(String),
 }
 
 impl RegisterMap {
@@ -416,53 +498,67 @@ impl RegisterMap {
         file: &str,
         options: MapOptions,
     ) -> Result<RegisterMap, MapError> {
-        let err = |line: usize, kind: MapErrorKind| MapError {
-            file: file.to_string(),
-            line,
-            kind,
-        };
-        // (entry, line, name)
-        let mut seen: Vec<(Entry, usize, String)> = Vec::new();
-        let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut items = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line_no = i + 1;
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
                 continue;
             }
+            let syntax =
+                || MapError::at(file, Loc::line(line_no), MapErrorKind::Syntax(line.into()));
             let Some((name, rest)) = line.split_once('=') else {
-                return Err(err(line_no, MapErrorKind::Syntax(line.to_string())));
+                return Err(syntax());
             };
             let name = name.trim();
             let mut words = rest.split_whitespace();
             let (Some(number), enc, None) = (words.next(), words.next(), words.next()) else {
-                return Err(err(line_no, MapErrorKind::Syntax(line.to_string())));
+                return Err(syntax());
             };
             if name.is_empty() || name.contains(char::is_whitespace) {
-                return Err(err(line_no, MapErrorKind::Syntax(line.to_string())));
+                return Err(syntax());
             }
-            let point = Point::from_name(name)
-                .ok_or_else(|| err(line_no, MapErrorKind::UnknownName(name.to_string())))?;
-            let address = parse_address(number)
-                .ok_or_else(|| err(line_no, MapErrorKind::BadNumber(number.to_string())))?;
+            let at = Loc::line(line_no);
+            items.push(Item {
+                name: (name.to_string(), at.clone()),
+                address: (number.to_string(), at.clone()),
+                encoding: enc.map(|e| (e.to_string(), at)),
+            });
+        }
+        Self::from_items(items, file, options)
+    }
+
+    /// Validate items (from either file format) in file order and build the map.
+    fn from_items(
+        items: Vec<Item>,
+        file: &str,
+        options: MapOptions,
+    ) -> Result<RegisterMap, MapError> {
+        let err = |at: &Loc, kind: MapErrorKind| MapError::at(file, at.clone(), kind);
+        // (entry, line, name)
+        let mut seen: Vec<(Entry, usize, String)> = Vec::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for Item {
+            name: (name, name_at),
+            address: (number, address_at),
+            encoding: enc,
+        } in items
+        {
+            let point = Point::from_name(&name)
+                .ok_or_else(|| err(&name_at, MapErrorKind::UnknownName(name.clone())))?;
+            let address = parse_address(&number)
+                .ok_or_else(|| err(&address_at, MapErrorKind::BadNumber(number.clone())))?;
             let encoding = match enc {
                 None => options.encoding_of(point),
-                Some(e) if point.kind() == Kind::Bits => {
-                    return Err(err(line_no, MapErrorKind::BadEncoding(e.to_string())))
+                Some((e, at)) if point.kind() == Kind::Bits => {
+                    return Err(err(&at, MapErrorKind::BadEncoding(e)))
                 }
-                Some(e) => PointEncoding::Value(
-                    parse_encoding(e)
-                        .ok_or_else(|| err(line_no, MapErrorKind::BadEncoding(e.to_string())))?,
+                Some((e, at)) => PointEncoding::Value(
+                    parse_encoding(&e).ok_or_else(|| err(&at, MapErrorKind::BadEncoding(e)))?,
                 ),
             };
-            if let Some(&first) = by_name.get(name) {
-                return Err(err(
-                    line_no,
-                    MapErrorKind::Duplicate {
-                        name: name.to_string(),
-                        first,
-                    },
-                ));
+            if let Some(&first) = by_name.get(&name) {
+                return Err(err(&name_at, MapErrorKind::Duplicate { name, first }));
             }
             let entry = Entry {
                 point,
@@ -471,52 +567,80 @@ impl RegisterMap {
             };
             if entry.registers() == 2 && address % 2 == 1 {
                 return Err(err(
-                    line_no,
-                    MapErrorKind::OddAlignment {
-                        name: name.to_string(),
-                        address,
-                    },
+                    &address_at,
+                    MapErrorKind::OddAlignment { name, address },
                 ));
             }
             if entry.last() > u32::from(u16::MAX) {
-                return Err(err(
-                    line_no,
-                    MapErrorKind::PastEnd {
-                        name: name.to_string(),
-                        address,
-                    },
-                ));
+                return Err(err(&address_at, MapErrorKind::PastEnd { name, address }));
             }
             if let Some((_, other_line, other_name)) = seen.iter().find(|(o, _, _)| {
                 u32::from(o.address) <= entry.last() && u32::from(entry.address) <= o.last()
             }) {
                 return Err(err(
-                    line_no,
+                    &address_at,
                     MapErrorKind::Overlap {
-                        name: name.to_string(),
+                        name,
                         address,
                         other: other_name.clone(),
                         other_line: *other_line,
                     },
                 ));
             }
-            by_name.insert(name.to_string(), line_no);
-            seen.push((entry, line_no, name.to_string()));
+            by_name.insert(name.clone(), name_at.line);
+            seen.push((entry, name_at.line, name));
         }
         if seen.is_empty() {
-            return Err(err(0, MapErrorKind::Empty));
+            return Err(MapError::at(file, Loc::line(0), MapErrorKind::Empty));
         }
         Ok(Self::build(seen.into_iter().map(|(e, _, _)| e).collect()))
     }
 
+    /// Parse a YAML register map: a mapping from register name to its address, or to
+    /// `{ address: ADDRESS, encoding: ENCODING }` — the same names, numbers, encodings and
+    /// checks as `register_map.conf`, e.g.
+    ///
+    /// ```yaml
+    /// VOLTAGE_L1_REG: 0x0024
+    /// VOLTAGE_L2_REG: { address: 0x0026, encoding: "float32:cdab" }
+    /// ```
+    ///
+    /// Errors name `file:line:column` and the field (`VOLTAGE_L2_REG.address`).
+    pub fn parse_yaml(
+        text: &str,
+        file: &str,
+        options: MapOptions,
+    ) -> Result<RegisterMap, MapError> {
+        let items = yaml_map::items(text)
+            .map_err(|(at, message)| MapError::at(file, at, MapErrorKind::Yaml(message)))?;
+        if items.is_empty() {
+            return Err(MapError::at(file, Loc::line(0), MapErrorKind::Empty));
+        }
+        Self::from_items(items, file, options)
+    }
+
+    /// Read and parse a YAML register map file ([`RegisterMap::parse_yaml`]).
+    pub fn load_yaml(path: &Path, options: MapOptions) -> Result<RegisterMap, MapError> {
+        let (text, file) = read_map(path)?;
+        Self::parse_yaml(&text, &file, options)
+    }
+
+    /// Read a register map file, YAML for `.yaml` / `.yml`, else `register_map.conf` syntax.
+    pub fn load(path: &Path, options: MapOptions) -> Result<RegisterMap, MapError> {
+        let yaml = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+        if yaml {
+            Self::load_yaml(path, options)
+        } else {
+            Self::load_conf(path, options)
+        }
+    }
+
     /// Read and parse a `register_map.conf` file.
     pub fn load_conf(path: &Path, options: MapOptions) -> Result<RegisterMap, MapError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| MapError {
-            file: file.clone(),
-            line: 0,
-            kind: MapErrorKind::Io(e.to_string()),
-        })?;
+        let (text, file) = read_map(path)?;
         Self::parse_conf(&text, &file, options)
     }
 
@@ -633,6 +757,156 @@ pub fn encoding_name(enc: RegisterEncoding) -> String {
     }
 }
 
+/// The YAML register map: yaml-rust2's marked events walked into [`Item`]s, so every error
+/// has a position (serde would collapse duplicate keys and lose positions).
+mod yaml_map {
+    use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+    use yaml_rust2::scanner::Marker;
+
+    use super::{Item, Loc};
+
+    type Problem = (Loc, String);
+
+    #[derive(Default)]
+    struct Events(Vec<(Event, Marker)>);
+
+    impl MarkedEventReceiver for Events {
+        fn on_event(&mut self, ev: Event, mark: Marker) {
+            self.0.push((ev, mark));
+        }
+    }
+
+    fn loc(m: &Marker, field: Option<&str>) -> Loc {
+        // yaml-rust2 counts lines from 1 and columns from 0.
+        Loc {
+            line: m.line().max(1),
+            column: Some(u32::try_from(m.col() + 1).unwrap_or(u32::MAX)),
+            field: field.map(str::to_string),
+        }
+    }
+
+    /// The map's items in file order.
+    pub(super) fn items(text: &str) -> Result<Vec<Item>, Problem> {
+        let mut events = Events::default();
+        Parser::new_from_str(text)
+            .load(&mut events, true)
+            .map_err(|e| (loc(e.marker(), None), format!("invalid YAML: {}", e.info())))?;
+        let mut it = events.0.into_iter().peekable();
+        let mut items = Vec::new();
+        let mut documents = 0;
+        while let Some((ev, mark)) = it.next() {
+            match ev {
+                Event::MappingStart(..) => {
+                    documents += 1;
+                    if documents > 1 {
+                        return Err((loc(&mark, None), "expected one YAML document".into()));
+                    }
+                    mapping(&mut it, &mut items)?;
+                }
+                Event::Scalar(ref v, ..) if v.is_empty() || v == "~" => {} // empty document
+                Event::Scalar(..) | Event::SequenceStart(..) | Event::Alias(_) => {
+                    return Err((
+                        loc(&mark, None),
+                        "expected a mapping of register names to addresses".into(),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(items)
+    }
+
+    type Stream = std::iter::Peekable<std::vec::IntoIter<(Event, Marker)>>;
+
+    /// Entries of the top-level mapping, up to its end.
+    fn mapping(it: &mut Stream, items: &mut Vec<Item>) -> Result<(), Problem> {
+        loop {
+            let Some((ev, mark)) = it.next() else {
+                return Ok(());
+            };
+            let name = match ev {
+                Event::MappingEnd => return Ok(()),
+                Event::Scalar(name, ..) => name,
+                _ => return Err((loc(&mark, None), "expected a register name".into())),
+            };
+            let name_at = loc(&mark, Some(&name));
+            let Some((value, vmark)) = it.next() else {
+                return Err((name_at, "missing address".into()));
+            };
+            let item = match value {
+                Event::Scalar(address, ..) => Item {
+                    name: (name.clone(), name_at),
+                    address: (address, loc(&vmark, Some(&name))),
+                    encoding: None,
+                },
+                Event::MappingStart(..) => {
+                    let (address, encoding) = fields(it, &name, &vmark)?;
+                    Item {
+                        name: (name, name_at),
+                        address,
+                        encoding,
+                    }
+                }
+                _ => {
+                    return Err((
+                        loc(&vmark, Some(&name)),
+                        "expected an address or `{ address, encoding }`".into(),
+                    ))
+                }
+            };
+            items.push(item);
+        }
+    }
+
+    type Part = (String, Loc);
+
+    /// `{ address: …, encoding: … }` of register `name`, up to its end.
+    fn fields(
+        it: &mut Stream,
+        name: &str,
+        start: &Marker,
+    ) -> Result<(Part, Option<Part>), Problem> {
+        let mut address: Option<Part> = None;
+        let mut encoding: Option<Part> = None;
+        while let Some((ev, mark)) = it.next() {
+            let key = match ev {
+                Event::MappingEnd => break,
+                Event::Scalar(key, ..) => key,
+                _ => {
+                    return Err((
+                        loc(&mark, Some(name)),
+                        "expected `address` or `encoding`".into(),
+                    ))
+                }
+            };
+            let field = format!("{name}.{key}");
+            let key_at = loc(&mark, Some(&field));
+            let value = match it.next() {
+                Some((Event::Scalar(v, ..), m)) => (v, loc(&m, Some(&field))),
+                Some((_, m)) => return Err((loc(&m, Some(&field)), "expected a scalar".into())),
+                None => return Err((key_at, "missing value".into())),
+            };
+            let slot = match key.as_str() {
+                "address" => &mut address,
+                "encoding" => &mut encoding,
+                _ => {
+                    return Err((
+                        key_at,
+                        format!("unknown field `{key}` (expected `address` or `encoding`)"),
+                    ))
+                }
+            };
+            if slot.is_some() {
+                return Err((key_at, format!("`{key}` is given twice")));
+            }
+            *slot = Some(value);
+        }
+        let address =
+            address.ok_or_else(|| (loc(start, Some(name)), "missing `address`".into()))?;
+        Ok((address, encoding))
+    }
+}
+
 impl fmt::Display for Point {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name())
@@ -674,12 +948,21 @@ mod tests {
         for a in 0x0024..=0x0051 {
             assert!(map.slot(a).is_some(), "0x{a:04X}");
         }
-        for a in 0x0100..=0x010B {
+        for a in 0x0100..=0x0110 {
             assert!(map.slot(a).is_some(), "0x{a:04X}");
         }
+        assert_eq!(map.address(Point::CalCount), Some(0x010C));
+        assert_eq!(map.address(Point::CalReference), Some(0x010E));
+        assert_eq!(map.address(Point::CalCommand), Some(0x0110));
+        assert_eq!(
+            map.entry(Point::CalCommand).unwrap().encoding,
+            PointEncoding::Uint16
+        );
+        assert_eq!(map.entry(Point::CalCount).unwrap().registers(), 2);
+        assert_eq!(Point::CalCount.access(), Access::Read);
         assert_eq!(map.slot(0x0023), None);
         assert_eq!(map.slot(0x0052), None);
-        assert_eq!(map.slot(0x010C), None);
+        assert_eq!(map.slot(0x0111), None);
         assert_eq!(map.slot(0xFFFF), None);
         assert_eq!(
             map.slot(0x0027),
@@ -865,5 +1148,178 @@ mod tests {
         }));
         assert_eq!(map.entry(Point::Voltage(Phase::L1)).unwrap().registers(), 1);
         assert_eq!(map.slot(0x0025), None);
+    }
+
+    fn yaml_err(text: &str) -> MapError {
+        let e = RegisterMap::parse_yaml(text, "map.yaml", MapOptions::default()).unwrap_err();
+        assert_eq!(e.file, "map.yaml");
+        e
+    }
+
+    /// (line, column, field, kind) of a YAML error.
+    fn yaml_at(text: &str) -> (usize, Option<u32>, Option<String>, MapErrorKind) {
+        let e = yaml_err(text);
+        (e.line, e.column, e.field.map(String::from), e.kind)
+    }
+
+    #[test]
+    fn yaml_map_equals_the_conf_map() {
+        let yaml = "# voltages\nVOLTAGE_L1_REG: 0x0024\nVOLTAGE_L2_REG: { address: 38, encoding: \"int16:0.1\" }\n\
+                    VOLTAGE_L3_REG:\n  address: 0X0030\n  encoding: float32:cdab\nSTATUS_REG: 0x0027\n";
+        let conf = "VOLTAGE_L1_REG = 0x0024\nVOLTAGE_L2_REG=38 int16:0.1\n\
+                    VOLTAGE_L3_REG = 0X0030 float32:cdab\nSTATUS_REG = 0x0027\n";
+        let a = RegisterMap::parse_yaml(yaml, "map.yaml", MapOptions::default()).unwrap();
+        assert_eq!(a, parse(conf).unwrap());
+        assert_eq!(a.entries().len(), 4);
+    }
+
+    #[test]
+    fn yaml_errors_name_line_column_and_field() {
+        // Unknown name: at the key.
+        assert_eq!(
+            yaml_at("VOLTAGE_L1_REG: 0x0024\n  \nVOLTAGE_L4_REG: 0x0026\n"),
+            (
+                3,
+                Some(1),
+                Some("VOLTAGE_L4_REG".into()),
+                MapErrorKind::UnknownName("VOLTAGE_L4_REG".into())
+            )
+        );
+        // Bad address: at the value, in both forms.
+        assert_eq!(
+            yaml_at("VOLTAGE_L1_REG: 0x10000\n"),
+            (
+                1,
+                Some(17),
+                Some("VOLTAGE_L1_REG".into()),
+                MapErrorKind::BadNumber("0x10000".into())
+            )
+        );
+        let e = yaml_err("VOLTAGE_L1_REG: 0x0024\nVOLTAGE_L2_REG: { address: -1 }\n");
+        assert_eq!((e.line, e.column), (2, Some(28)));
+        assert_eq!(e.field.as_deref(), Some("VOLTAGE_L2_REG.address"));
+        assert_eq!(
+            e.to_string(),
+            "map.yaml:2:28: VOLTAGE_L2_REG.address: bad address `-1`: expected 0x0000–0xFFFF in hex (0x…) or decimal"
+        );
+        // Duplicate key (serde would keep the last silently).
+        assert_eq!(
+            yaml_at("VOLTAGE_L1_REG: 0x0024\nVOLTAGE_L1_REG: 0x0040\n"),
+            (
+                2,
+                Some(1),
+                Some("VOLTAGE_L1_REG".into()),
+                MapErrorKind::Duplicate {
+                    name: "VOLTAGE_L1_REG".into(),
+                    first: 1
+                }
+            )
+        );
+        // Overlap: at the address.
+        assert_eq!(
+            yaml_at("VOLTAGE_L1_REG: 0x0024\nSTATUS_REG:   0x0025\n"),
+            (
+                2,
+                Some(15),
+                Some("STATUS_REG".into()),
+                MapErrorKind::Overlap {
+                    name: "STATUS_REG".into(),
+                    address: 0x25,
+                    other: "VOLTAGE_L1_REG".into(),
+                    other_line: 1
+                }
+            )
+        );
+        // 32-bit alignment.
+        assert_eq!(
+            yaml_at("TRIP_COUNT_REG:\n  address: 0x0031\n").3,
+            MapErrorKind::OddAlignment {
+                name: "TRIP_COUNT_REG".into(),
+                address: 0x31
+            }
+        );
+        assert_eq!(yaml_at("TRIP_COUNT_REG:\n  address: 0x0031\n").0, 2);
+        // Past the end.
+        assert!(matches!(
+            yaml_at("VOLTAGE_L1_REG: { address: 0xFFFF, encoding: \"uint32:1\" }\n").3,
+            MapErrorKind::OddAlignment { .. }
+        ));
+        // Encoding: bad spelling, and any encoding on a raw-bit register.
+        let e = yaml_err("VOLTAGE_L1_REG:\n  address: 0x0024\n  encoding: float64\n");
+        assert_eq!((e.line, e.column), (3, Some(13)));
+        assert_eq!(e.field.as_deref(), Some("VOLTAGE_L1_REG.encoding"));
+        assert_eq!(e.kind, MapErrorKind::BadEncoding("float64".into()));
+        assert_eq!(
+            yaml_at("STATUS_REG: { address: 0x10, encoding: float32 }\n").3,
+            MapErrorKind::BadEncoding("float32".into())
+        );
+    }
+
+    #[test]
+    fn yaml_structure_errors() {
+        let cases: [(&str, usize, &str); 8] = [
+            ("VOLTAGE_L1_REG: [0x24]\n", 1, "expected an address"),
+            ("- VOLTAGE_L1_REG\n", 1, "expected a mapping"),
+            (
+                "VOLTAGE_L1_REG: { adress: 0x24 }\n",
+                1,
+                "unknown field `adress`",
+            ),
+            (
+                "VOLTAGE_L1_REG: { encoding: float32 }\n",
+                1,
+                "missing `address`",
+            ),
+            (
+                "VOLTAGE_L1_REG: { address: 1, address: 2 }\n",
+                1,
+                "given twice",
+            ),
+            (
+                "VOLTAGE_L1_REG: { address: { x: 1 } }\n",
+                1,
+                "expected a scalar",
+            ),
+            ("a: 1\n---\nb: 2\n", 3, "one YAML document"),
+            ("VOLTAGE_L1_REG: [0x24\nX: 1\n", 2, "invalid YAML"),
+        ];
+        for (text, line, message) in cases {
+            let e = yaml_err(text);
+            assert_eq!(e.line, line, "{text:?}: {e}");
+            assert!(e.column.is_some(), "{text:?}: {e}");
+            assert!(
+                matches!(&e.kind, MapErrorKind::Yaml(m) if m.contains(message)),
+                "{text:?}: {e}"
+            );
+        }
+        assert_eq!(yaml_err("# nothing\n").kind, MapErrorKind::Empty);
+        assert_eq!(yaml_err("{}\n").kind, MapErrorKind::Empty);
+        assert_eq!(yaml_err("").kind, MapErrorKind::Empty);
+    }
+
+    #[test]
+    fn load_chooses_the_format_by_extension() {
+        let dir = std::env::temp_dir().join(format!("gridloop-map-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let map = RegisterMap::default_map(MapOptions::default());
+        let conf = dir.join("register_map.conf");
+        std::fs::write(&conf, map.to_conf()).unwrap();
+        assert_eq!(
+            RegisterMap::load(&conf, MapOptions::default()).unwrap(),
+            map
+        );
+        for name in ["map.yaml", "map.YML"] {
+            let yaml = dir.join(name);
+            std::fs::write(&yaml, "VOLTAGE_L1_REG: 0x0024\n").unwrap();
+            let m = RegisterMap::load(&yaml, MapOptions::default()).unwrap();
+            assert_eq!(m.entries().len(), 1);
+            // The same text as conf is a syntax error: the extension decided.
+            std::fs::write(&yaml, "VOLTAGE_L1_REG = 0x0024\n").unwrap();
+            let e = RegisterMap::load(&yaml, MapOptions::default()).unwrap_err();
+            assert!(matches!(e.kind, MapErrorKind::Yaml(_)), "{e}");
+        }
+        let e = RegisterMap::load(&dir.join("missing.yaml"), MapOptions::default()).unwrap_err();
+        assert!(matches!(e.kind, MapErrorKind::Io(_)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -90,3 +90,35 @@ fn written_settings_change_what_the_meter_does() {
     assert_eq!(live.image().state().trip_count, 0);
     assert!(live.is_finished());
 }
+
+#[test]
+fn calibration_makes_the_next_readings_equal_the_reference_and_repeats_as_a_no_op() {
+    use virtual_meter::{CalSelector, Refusal};
+    let sc = scenario(SAG);
+    let mut live = LiveMeter::new(&sc, MeterRef { group: 0, index: 2 }, default_map());
+    assert_eq!(
+        live.calibrate(230.0, CalSelector::All),
+        Err(Refusal::IllegalDataValue),
+        "no reading yet"
+    );
+    live.advance_to(0.5);
+    let before: Vec<f64> = sim_core::Phase::ALL
+        .iter()
+        .map(|&p| live.image().value(Point::Voltage(p)))
+        .collect();
+    let cal = live.calibrate(230.0, CalSelector::All).unwrap();
+    assert!(cal.changed);
+    for (i, v) in before.iter().enumerate() {
+        // The supply is 240 V: gain ≈ 230 / 240, exactly reference / latest reading.
+        assert!((cal.new[i] - 230.0 / v).abs() < 1e-12, "{i}: {:?}", cal.new);
+    }
+    assert!(!live.calibrate(230.0, CalSelector::All).unwrap().changed);
+    // Windows measured wholly under the new gains read the reference within 0.01 %.
+    live.advance_to(0.9);
+    for p in sim_core::Phase::ALL {
+        let v = live.image().value(Point::Voltage(p));
+        assert!((v - 230.0).abs() <= 230.0 * 1e-4, "{p}: {v}");
+    }
+    assert!(!live.calibrate(230.0, CalSelector::All).unwrap().changed);
+    assert_eq!(live.image().cal_count(), 1);
+}

@@ -4,7 +4,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod event_log;
 mod fleet;
+mod idle;
 mod live;
+mod maps;
 mod pacing;
 mod server;

@@ -422,3 +422,80 @@ async fn garbage_closes_the_connection_not_the_server() {
     ctx.disconnect().await.unwrap();
     server.stop().await;
 }
+
+/// The calibration command over Modbus: reference + command in one FC16, the repeat is a
+/// no-op, and refusals are Illegal Data Value.
+#[tokio::test]
+async fn calibration_command_over_modbus() {
+    use virtual_meter::registers::{CAL_COMMAND_REG, CAL_COUNT_REG, CAL_REFERENCE_REG};
+    let sc = scenario(SAG);
+    let m = meter(&sc, 0, default_map());
+    let server = Running::start(Units::Single(m.clone())).await;
+    let mut ctx = server.client(1).await;
+    let ref_words = encode_f32(230.0, WordOrder::Abcd);
+    let mut write = ref_words.to_vec();
+    write.push(1);
+    // No reading yet.
+    assert_eq!(
+        ctx.write_multiple_registers(CAL_REFERENCE_REG, &write)
+            .await
+            .unwrap(),
+        Err(ExceptionCode::IllegalDataValue)
+    );
+    advance(&m, 0.5);
+    let v1 = m.lock().unwrap().image().state().voltage[0];
+    // A reference out of range; a selector that does not exist.
+    let bad = encode_f32(500.0, WordOrder::Abcd);
+    assert_eq!(
+        ctx.write_multiple_registers(CAL_REFERENCE_REG, &[bad[0], bad[1], 1])
+            .await
+            .unwrap(),
+        Err(ExceptionCode::IllegalDataValue)
+    );
+    assert_eq!(
+        ctx.write_single_register(CAL_COMMAND_REG, 9).await.unwrap(),
+        Err(ExceptionCode::IllegalDataValue)
+    );
+    ctx.write_multiple_registers(CAL_REFERENCE_REG, &write)
+        .await
+        .unwrap()
+        .unwrap();
+    let count = |regs: Vec<u16>| u32::from(regs[0]) << 16 | u32::from(regs[1]);
+    let c = ctx
+        .read_holding_registers(CAL_COUNT_REG, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(count(c), 1);
+    let g = ctx
+        .read_holding_registers(0x0106, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f32_of(&g), (230.0 / v1) as f32);
+    // Again (FC06 of the command alone, with the stored reference): nothing changes.
+    ctx.write_single_register(CAL_COMMAND_REG, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let c = ctx
+        .read_holding_registers(CAL_COUNT_REG, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(count(c), 1);
+    // The meter's next readings are the reference.
+    advance(&m, 1.0);
+    let v = ctx
+        .read_holding_registers(VOLTAGE_L1_REG, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        (f64::from(f32_of(&v)) - 230.0).abs() < 230.0 * 1e-4,
+        "{}",
+        f32_of(&v)
+    );
+    ctx.disconnect().await.unwrap();
+    server.stop().await;
+}
