@@ -10,19 +10,23 @@
 //! - [`event_log`]: [`event_log::EventLogWriter`], the meters' `voltage_events.log`.
 //! - [`broker`]: `--broker` URLs, the embedded rumqttd, a spawned Mosquitto.
 //! - [`fleet`]: which meters a fleet process runs (rescaling, shards, Modbus ports/gateways).
+//! - [`mqtt`]: MQTT telemetry, events and status (payloads, a sans-io publisher session, the
+//!   tokio link that takes messages from the meter's ring).
 //!
-//! Only `pacing` and `service` know about tokio; nothing here reads YAML or prints.
+//! Only `pacing`, `service` and `mqtt::link` know about tokio; nothing here reads YAML or prints.
 
 pub mod broker;
 pub mod event_log;
 pub mod fleet;
 pub mod image;
 pub mod live;
+pub mod mqtt;
 pub mod pacing;
 pub mod registers;
 pub mod service;
 
 pub use image::{CalSelector, Calibration, DeviceIdentity, MeterImage, Refusal, Settings};
-pub use live::{LiveMeter, MeterRef};
+pub use live::{LiveMeter, MeterRef, Outbox};
+pub use mqtt::{run_link, LinkConfig, LinkCounters, LinkReport, LinkStats, MqttError};
 pub use registers::{MapOptions, Point, RegisterMap};
 pub use service::{MeterService, SharedMeter, Units};

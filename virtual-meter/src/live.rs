@@ -72,8 +72,21 @@ pub struct LiveMeter {
     /// Grid time simulated so far.
     t: Seconds,
     finished: bool,
-    /// Messages the meter produced (drained: this slice has no MQTT yet).
+    /// Messages drained from the ring while no outbox is attached.
     drained: u64,
+    /// Set by [`LiveMeter::attach_outbox`]: messages stay in the meter's ring for a link.
+    outbox: Option<Outbox>,
+}
+
+/// Wake-up for a link taking messages from a [`LiveMeter`]'s ring: called (with the meter
+/// locked, so it must be quick) whenever `advance_to` queued new messages.
+#[derive(Clone)]
+pub struct Outbox(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outbox")
+    }
 }
 
 impl LiveMeter {
@@ -140,6 +153,7 @@ impl LiveMeter {
             t: 0.0,
             finished: false,
             drained: 0,
+            outbox: None,
         }
     }
 
@@ -170,7 +184,8 @@ impl LiveMeter {
         &self.meter
     }
 
-    /// Messages the meter produced so far.
+    /// Messages drained from the ring so far (all it produced, less ring overflow, while no
+    /// outbox is attached; `meter().produced()` counts every message).
     pub fn produced(&self) -> u64 {
         self.drained
     }
@@ -182,6 +197,7 @@ impl LiveMeter {
             return;
         }
         let until = until.min(self.duration);
+        let produced_before = self.meter.produced();
         match &mut self.source {
             Source::Waveform {
                 synth,
@@ -245,9 +261,35 @@ impl LiveMeter {
         }
         self.meter.advance(self.t);
         self.image.on_meter(&self.meter, self.t);
-        while self.meter.poll_transmit().is_some() {
-            self.drained += 1;
+        match &self.outbox {
+            Some(outbox) => {
+                if self.meter.produced() > produced_before {
+                    (outbox.0)();
+                }
+            }
+            None => {
+                while self.meter.poll_transmit().is_some() {
+                    self.drained += 1;
+                }
+            }
         }
+    }
+
+    /// Keep the meter's messages in its store-and-forward ring for a link (MQTT) instead of
+    /// draining them, and call `outbox` whenever new ones are queued. While the link is down the
+    /// ring fills and overflows (counted) as the meter's own would.
+    pub fn attach_outbox(&mut self, outbox: Outbox) {
+        self.outbox = Some(outbox);
+    }
+
+    /// Back to draining (no link): the ring is emptied on the next `advance_to`.
+    pub fn detach_outbox(&mut self) {
+        self.outbox = None;
+    }
+
+    /// The oldest message waiting in the meter's ring (for the link, while it is up).
+    pub fn poll_transmit(&mut self) -> Option<meter::Message> {
+        self.meter.poll_transmit()
     }
 
     fn finish(&mut self) {
