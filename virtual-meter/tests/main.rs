@@ -9,5 +9,6 @@ mod fleet;
 mod idle;
 mod live;
 mod maps;
+mod mqtt;
 mod pacing;
 mod server;
