@@ -347,8 +347,8 @@ impl Session {
     pub fn consume_transmit(&mut self, n: usize) {
         let n = n.min(self.out.len());
         let _ = self.out.split_to(n);
-        if self.out.is_empty() && self.out.capacity() > 4096 {
-            // A flush after an outage grew it: give the memory back.
+        if self.out.is_empty() && self.out.capacity() > 256 {
+            // Idle links hold no write buffer (a flush after an outage may have grown it).
             self.out = BytesMut::new();
         }
     }
