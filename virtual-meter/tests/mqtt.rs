@@ -650,3 +650,130 @@ async fn ring_overflow_during_an_outage_is_counted_exactly() {
         .unwrap();
     assert!(report.flushed, "{report:?}");
 }
+
+/// A scripted "broker" on port 0: for each accepted connection, read the CONNECT, then write
+/// `reply(connection number)`, then keep reading until the client closes. Counts connections.
+async fn fake_broker(
+    reply: impl Fn(usize) -> Vec<u8> + Send + Sync + 'static,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    let reply = Arc::new(reply);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let reply = Arc::clone(&reply);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                if s.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let _ = s.write_all(&reply(n)).await;
+                while s.read(&mut buf).await.unwrap_or(0) > 0 {}
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn fake_cfg(sc: &Scenario, addr: std::net::SocketAddr) -> LinkConfig {
+    let mut cfg = LinkConfig::for_meter(
+        sc,
+        MeterRef { group: 0, index: 0 },
+        addr.ip().to_string(),
+        addr.port(),
+        EPOCH_MS,
+    );
+    cfg.backoff_min = Duration::from_millis(20);
+    cfg.backoff_max = Duration::from_millis(100);
+    cfg.keep_alive = Duration::from_secs(1);
+    cfg.ping_timeout = Duration::from_secs(1);
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_the_broker_drops_the_connection_and_the_link_reconnects() {
+    let sc = sag(4096);
+    // Reserved packet type 0, an endless remaining length, a 1 MB PUBLISH header.
+    let garbage: [&[u8]; 3] = [
+        &[0x00, 0x00],
+        &[0x40, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+        &[0x30, 0x80, 0x80, 0x40],
+    ];
+    let (addr, accepted) = fake_broker(move |n| garbage[n % 3].to_vec()).await;
+    let counters = Arc::new(LinkCounters::default());
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(run_link(
+        live(&sc, 0),
+        fake_cfg(&sc, addr),
+        Arc::clone(&counters),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    wait_until("four connections", Duration::from_secs(10), || {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 4
+    })
+    .await;
+    let s = counters.snapshot();
+    assert!(s.connect_failures >= 3, "{s:?}");
+    assert_eq!(s.reconnects, 0, "never connected: {s:?}");
+    stop_tx.send(()).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!report.flushed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_ends_the_link_with_an_error() {
+    let sc = sag(4096);
+    // CONNACK, return code 5: not authorized.
+    let (addr, _) = fake_broker(|_| vec![0x20, 0x02, 0x00, 0x05]).await;
+    let res = tokio::time::timeout(
+        Duration::from_secs(10),
+        run_link(
+            live(&sc, 0),
+            fake_cfg(&sc, addr),
+            Arc::default(),
+            std::future::pending(),
+        ),
+    )
+    .await
+    .unwrap();
+    let err = res.unwrap_err().to_string();
+    assert!(
+        err.contains("NotAuthorized") && err.contains("gridloop-feeder-a-0000"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stops_answering_pings_is_left() {
+    let sc = sag(4096);
+    // CONNACK, then silence: no PINGRESP to the keep-alive PINGREQ.
+    let (addr, accepted) = fake_broker(|_| vec![0x20, 0x02, 0x00, 0x00]).await;
+    let counters = Arc::new(LinkCounters::default());
+    let task = tokio::spawn(run_link(
+        live(&sc, 0),
+        fake_cfg(&sc, addr),
+        Arc::clone(&counters),
+        std::future::pending(),
+    ));
+    // keep-alive 1 s + PINGRESP timeout 1 s, then a new connection.
+    wait_until("a second connection", Duration::from_secs(10), || {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    wait_until("the reconnect counted", Duration::from_secs(10), || {
+        counters.snapshot().reconnects >= 1
+    })
+    .await;
+    assert!(counters.snapshot().connect_failures >= 1);
+    task.abort();
+}
