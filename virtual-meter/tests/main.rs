@@ -5,5 +5,6 @@
 
 mod common;
 mod live;
+mod memory;
 mod pacing;
 mod server;
