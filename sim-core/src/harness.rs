@@ -8,6 +8,8 @@
 //! Meters advance in slices of grid time; after each slice the head-end ingests, in
 //! (delivery time, meter, seq) order, every delivery that no later slice can precede.
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use crate::disturbance::Disturbance;
@@ -218,8 +220,14 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
     );
     let mut sims: Vec<MeterSim> = Vec::new();
     let mut next_id = 0_u32;
-    let group_models: Vec<SupplyModel> = (0..scenario.groups.len())
-        .map(|g| SupplyModel::new(&scenario.grid, resolved_disturbances(scenario, g)))
+    // One model per group, shared by its `rms` meters.
+    let group_models: Vec<Arc<SupplyModel>> = (0..scenario.groups.len())
+        .map(|g| {
+            Arc::new(SupplyModel::new(
+                &scenario.grid,
+                resolved_disturbances(scenario, g),
+            ))
+        })
         .collect();
     for (g, group) in scenario.groups.iter().enumerate() {
         for index in 0..group.count {
@@ -513,7 +521,13 @@ struct MeterSim<'a> {
 }
 
 impl<'a> MeterSim<'a> {
-    fn new(scenario: &'a Scenario, g: usize, index: u32, id: u32, model: &SupplyModel) -> Self {
+    fn new(
+        scenario: &'a Scenario,
+        g: usize,
+        index: u32,
+        id: u32,
+        model: &Arc<SupplyModel>,
+    ) -> Self {
         let group: &MeterGroup = &scenario.groups[g];
         let probe = index == 0;
         let cfg = measure_config(scenario, g, probe);
@@ -536,13 +550,13 @@ impl<'a> MeterSim<'a> {
         let seed = synthesis_seed(scenario.seed, id);
         let source = match group.fidelity {
             Fidelity::Waveform => Source::Waveform {
-                synth: Box::new(Synthesizer::new(model.clone(), seed)),
+                synth: Box::new(Synthesizer::new(SupplyModel::clone(model), seed)),
                 measurement: Box::new(Measurement::new(&cfg)),
                 total: (scenario.duration * scenario.grid.sample_rate).round() as u64,
                 ideal_front_end: group.front_end == crate::scenario::FrontEnd::default(),
             },
             Fidelity::Rms => Source::Rms {
-                rms: Box::new(RmsFidelity::new(model.clone(), &cfg, seed)),
+                rms: Box::new(RmsFidelity::new(Arc::clone(model), &cfg, seed)),
                 aggregator: Box::new(Aggregator::new(&cfg)),
                 t: 0.0,
             },

@@ -208,6 +208,11 @@ impl ReportByException {
     }
 }
 
+/// First allocation of a [`StoreAndForward`] ring, in entries.
+const RING_MIN: usize = 4;
+/// Entries an emptied [`StoreAndForward`] ring may keep allocated.
+const RING_KEEP: usize = 64;
+
 /// Bounded store-and-forward ring: `push` drops the OLDEST entry when full and counts it;
 /// `pop` returns the oldest first. Invariant: pushed = popped + overflowed + len.
 #[derive(Debug, Clone)]
@@ -220,11 +225,13 @@ pub struct StoreAndForward<T> {
 
 impl<T> StoreAndForward<T> {
     /// A ring of `capacity` entries (0 is taken as 1: the ring always holds the newest entry).
+    /// Allocates nothing until the first push.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         StoreAndForward {
-            // Grows on demand: a large capacity costs memory only while an outage fills it.
-            ring: VecDeque::with_capacity(capacity.min(64)),
+            // Grows on demand (doubling, never past `capacity`): a large capacity costs memory
+            // only while an outage fills it.
+            ring: VecDeque::new(),
             capacity,
             overflowed: 0,
             pushed: 0,
@@ -233,10 +240,16 @@ impl<T> StoreAndForward<T> {
 
     /// Store `item`; returns the oldest entry if it had to be dropped to make room.
     pub fn push(&mut self, item: T) -> Option<T> {
-        let dropped = if self.ring.len() >= self.capacity {
+        let len = self.ring.len();
+        let dropped = if len >= self.capacity {
             self.overflowed += 1;
             self.ring.pop_front()
         } else {
+            if len == self.ring.capacity() {
+                // Double (from RING_MIN), capped at the ring's capacity.
+                let grow = len.max(RING_MIN).min(self.capacity - len);
+                self.ring.reserve_exact(grow);
+            }
             None
         };
         self.ring.push_back(item);
@@ -244,8 +257,19 @@ impl<T> StoreAndForward<T> {
         dropped
     }
 
+    /// The oldest entry. An emptied ring that had grown past [`RING_KEEP`] entries (an outage
+    /// filled it) gives that memory back.
     pub fn pop(&mut self) -> Option<T> {
-        self.ring.pop_front()
+        let item = self.ring.pop_front();
+        if self.ring.is_empty() && self.ring.capacity() > RING_KEEP {
+            self.ring = VecDeque::new();
+        }
+        item
+    }
+
+    /// Heap bytes held by the entries' storage (at most `capacity` entries' worth).
+    pub fn heap_bytes(&self) -> usize {
+        self.ring.capacity() * size_of::<T>()
     }
 
     pub fn peek(&self) -> Option<&T> {
@@ -454,6 +478,14 @@ impl Meter {
     /// The meter's local event log (complete even when the link is down: trips are autonomous).
     pub fn event_log(&self) -> &[(Seconds, MeterEvent)] {
         &self.log
+    }
+
+    /// Heap bytes held: trips, the ring's entries (bounded by its capacity and released when
+    /// it drains) and the event log (which grows only with events).
+    pub fn heap_bytes(&self) -> usize {
+        self.trips.capacity() * size_of::<HysteresisTrip>()
+            + self.ring.heap_bytes()
+            + self.log.capacity() * size_of::<(Seconds, MeterEvent)>()
     }
 
     pub fn id(&self) -> u32 {
@@ -721,6 +753,37 @@ mod tests {
         assert_eq!(StoreAndForward::<u8>::new(0).capacity(), 1);
     }
 
+    #[test]
+    fn ring_allocates_lazily_up_to_its_capacity() {
+        const ENTRY: usize = size_of::<u64>();
+        let mut ring = StoreAndForward::<u64>::new(1000);
+        assert_eq!(ring.heap_bytes(), 0, "nothing before the first push");
+        ring.push(0);
+        assert_eq!(ring.heap_bytes(), 4 * ENTRY, "first allocation: 4 entries");
+        for i in 1..10 {
+            ring.push(i);
+        }
+        // 4 → 8 → 16 entries.
+        assert_eq!(ring.heap_bytes(), 16 * ENTRY);
+        for i in 10..5000 {
+            ring.push(i);
+        }
+        // Doubling stops at the capacity exactly (512 → 1000, not 1024).
+        assert_eq!(ring.len(), 1000);
+        assert_eq!(ring.heap_bytes(), 1000 * ENTRY);
+        assert_eq!(ring.overflowed(), 4000);
+        assert_eq!(ring.peek(), Some(&4000));
+        // Drained after the outage: the memory goes back.
+        while ring.pop().is_some() {}
+        assert_eq!(ring.heap_bytes(), 0);
+        // A small ring that never grows past RING_KEEP keeps its storage when emptied.
+        let mut small = StoreAndForward::<u64>::new(3);
+        small.push(1);
+        assert_eq!(small.heap_bytes(), 3 * ENTRY, "capped at the capacity");
+        assert_eq!(small.pop(), Some(1));
+        assert_eq!(small.heap_bytes(), 3 * ENTRY);
+    }
+
     proptest! {
         #[test]
         fn ring_conserves_entries(cap in 1_usize..16, ops in prop::collection::vec(any::<bool>(), 0..400)) {
@@ -737,6 +800,8 @@ mod tests {
                     popped += 1;
                 }
                 prop_assert!(ring.len() <= cap);
+                // Storage never exceeds the capacity.
+                prop_assert!(ring.heap_bytes() <= cap * 8);
                 prop_assert_eq!(ring.pushed(), next);
                 prop_assert_eq!(next, popped + ring.overflowed() + ring.len() as u64);
             }

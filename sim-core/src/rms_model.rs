@@ -10,6 +10,7 @@
 //! interharmonics, notches, DC, square flicker) fall back to quadrature of the exact wave.
 
 use std::f64::consts::{PI, TAU};
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
@@ -106,9 +107,10 @@ impl MsCache {
 /// The `rms` fidelity of one meter: half-cycle mean squares, THD and frequency from the model.
 #[derive(Debug)]
 pub struct RmsFidelity {
-    model: SupplyModel,
+    /// Immutable and per group: meters of a group share one (see [`RmsFidelity::new`]).
+    model: Arc<SupplyModel>,
     /// Model edges, ascending: half cycles containing one are integrated in full.
-    edges: Vec<Seconds>,
+    edges: Box<[Seconds]>,
     channels: Vec<ChannelState>,
     /// Half cycles per THD/frequency window (2N).
     window_half_cycles: u64,
@@ -119,10 +121,13 @@ pub struct RmsFidelity {
 }
 
 impl RmsFidelity {
-    pub fn new(model: SupplyModel, cfg: &MeasureConfig, seed: u64) -> Self {
+    /// The `rms` fidelity of `model` (an owned model or an `Arc` shared by the meters of a
+    /// group: it is never modified, so sharing it changes no result).
+    pub fn new(model: impl Into<Arc<SupplyModel>>, cfg: &MeasureConfig, seed: u64) -> Self {
+        let model: Arc<SupplyModel> = model.into();
         let n = cfg.channels.min(model.channels()).max(1);
         let cycles: u64 = if cfg.frequency < 55.0 { 10 } else { 12 };
-        let edges = model.edges();
+        let edges = model.edges().into_boxed_slice();
         let has_frequency_changes = model
             .disturbances
             .iter()
@@ -158,6 +163,13 @@ impl RmsFidelity {
 
     pub fn model(&self) -> &SupplyModel {
         &self.model
+    }
+
+    /// Heap bytes this meter owns alone (the shared model is not counted): constant after
+    /// [`RmsFidelity::new`], whatever the grid time.
+    pub fn heap_bytes(&self) -> usize {
+        self.edges.len() * size_of::<Seconds>()
+            + self.channels.capacity() * size_of::<ChannelState>()
     }
 
     /// Append every event with t_end ≤ until, in time order: MeasureEvent::HalfCycle per channel
@@ -707,6 +719,75 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A fleet meter runs for days: its `rms` state (fidelity and aggregator, PQ detector
+    /// included) must not grow with grid time, only hold a fixed amount.
+    #[test]
+    fn rms_state_heap_does_not_grow_with_grid_time() {
+        use crate::measure::Aggregator;
+        let g = grid(60.0);
+        // A three-phase sag every 2 s: dips, polyphase events and flagged windows throughout.
+        let sags: Vec<Disturbance> = (1..40)
+            .map(|k| {
+                dist(
+                    1.5 * f64::from(k),
+                    PhaseSet::ALL,
+                    DisturbanceKind::Sag(RmsVariation {
+                        level: 0.5,
+                        duration: 0.1,
+                        ramp: 0.0,
+                        phase_jump_deg: 0.0,
+                    }),
+                )
+            })
+            .collect();
+        let model = Arc::new(SupplyModel::new(&g, sags));
+        let c = cfg(&g, true);
+        let mut r = RmsFidelity::new(Arc::clone(&model), &c, 3);
+        let mut agg = Aggregator::new(&c);
+        let (mut front, mut out) = (Vec::new(), Vec::new());
+        let (mut t, mut pq_events, mut heap) = (0.0, 0, Vec::new());
+        for until in [10.0, 60.0] {
+            while t < until {
+                t += 0.25;
+                front.clear();
+                out.clear();
+                r.advance(t, &mut front);
+                for ev in &front {
+                    if let MeasureEvent::HalfCycle {
+                        ch,
+                        t_start,
+                        t_end,
+                        ms,
+                    } = *ev
+                    {
+                        agg.push_half_cycle(ch, t_start, t_end, ms, &mut out);
+                    }
+                }
+                pq_events += out
+                    .iter()
+                    .filter(|e| matches!(e, MeasureEvent::Pq(_)))
+                    .count();
+            }
+            heap.push((pq_events, r.heap_bytes() + agg.heap_bytes()));
+        }
+        let [(before, at_10), (after, at_60)] = heap[..] else {
+            panic!("two checkpoints")
+        };
+        // 39 sags × (3 dips + 1 polyphase dip); 33 of them after 10 s.
+        assert_eq!(before, 6 * 4, "PQ events before 10 s");
+        assert_eq!(after, 39 * 4, "PQ events by 60 s");
+        assert_eq!(at_60, at_10, "heap grew from 10 s to 60 s of grid time");
+        // Edges (start and end of each sag: without ramps the ramp edges coincide with them)
+        // and three channels, fixed at construction; no spare capacity.
+        assert_eq!(
+            r.heap_bytes(),
+            39 * 2 * 8 + 3 * size_of::<ChannelState>(),
+            "rms fidelity heap"
+        );
+        // The model is shared, not copied.
+        assert!(std::ptr::eq(r.model(), &*model));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! sim-core meter) whose register image follows it. Still sans-io: the caller says how far to
 //! advance; [`crate::pacing`] ties that to the clock.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use sim_core::harness::{derive_seed, resolved_disturbances};
@@ -19,6 +20,20 @@ use crate::registers::RegisterMap;
 const BLOCK: usize = 4096;
 /// Longest stretch of grid time the `rms` fidelity advances at once.
 const RMS_STEP: Seconds = 0.25;
+
+thread_local! {
+    /// Event buffers reused by every meter advanced on this thread (always cleared before
+    /// use, so no meter sees another's events): a meter holds no per-step scratch of its own.
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+#[derive(Debug, Default)]
+struct Scratch {
+    /// The `rms` fidelity's half cycles, THD and frequency of one step.
+    front: Vec<MeasureEvent>,
+    /// Measurement events of one block or step, fed to the meter and the image.
+    events: Vec<MeasureEvent>,
+}
 
 /// Which meter of a scenario to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +69,6 @@ enum Source {
     Rms {
         rms: Box<RmsFidelity>,
         aggregator: Box<Aggregator>,
-        front: Vec<MeasureEvent>,
     },
 }
 
@@ -68,7 +82,6 @@ pub struct LiveMeter {
     front_end: FrontEnd,
     meter: Meter,
     image: MeterImage,
-    events: Vec<MeasureEvent>,
     /// Grid time simulated so far.
     t: Seconds,
     finished: bool,
@@ -89,10 +102,32 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+/// Group `group`'s supply model, as sim mode builds it (disturbances with point-on-wave onsets
+/// resolved), for [`LiveMeter::with_model`].
+pub fn group_model(scenario: &Scenario, group: usize) -> Arc<SupplyModel> {
+    Arc::new(SupplyModel::new(
+        &scenario.grid,
+        resolved_disturbances(scenario, group),
+    ))
+}
+
 impl LiveMeter {
     /// Meter `which` of `scenario`, serving `map`. Same seeds as sim mode, so its waveform and
     /// trips are the ones `gridloop run` simulates for it.
     pub fn new(scenario: &Scenario, which: MeterRef, map: Arc<RegisterMap>) -> LiveMeter {
+        let model = group_model(scenario, which.group);
+        LiveMeter::with_model(scenario, which, map, model)
+    }
+
+    /// [`LiveMeter::new`] with the group's supply model built once by [`group_model`] and
+    /// shared by the group's meters (an `rms` meter keeps only the `Arc`). `model` must be
+    /// `group_model(scenario, which.group)`.
+    pub fn with_model(
+        scenario: &Scenario,
+        which: MeterRef,
+        map: Arc<RegisterMap>,
+        model: Arc<SupplyModel>,
+    ) -> LiveMeter {
         let group = &scenario.groups[which.group];
         let id = which.id(scenario);
         let channels = scenario.grid.channels();
@@ -105,11 +140,10 @@ impl LiveMeter {
             power: scenario.grid.load.is_some(),
             pq: scenario.pq,
         };
-        let model = SupplyModel::new(&scenario.grid, resolved_disturbances(scenario, which.group));
         let seed = derive_seed(scenario.seed, id, 1);
         let source = match group.fidelity {
             Fidelity::Waveform => Source::Waveform {
-                synth: Box::new(Synthesizer::new(model, seed)),
+                synth: Box::new(Synthesizer::new(Arc::unwrap_or_clone(model), seed)),
                 measurement: Box::new(Measurement::new(&cfg)),
                 block: SampleBlock::new(channels, BLOCK, cfg.sample_rate, cfg.power),
                 total: (scenario.duration * scenario.grid.sample_rate).round() as u64,
@@ -118,7 +152,6 @@ impl LiveMeter {
             Fidelity::Rms => Source::Rms {
                 rms: Box::new(RmsFidelity::new(model, &cfg, seed)),
                 aggregator: Box::new(Aggregator::new(&cfg)),
-                front: Vec::new(),
             },
         };
         let meter = Meter::new(MeterConfig {
@@ -149,7 +182,6 @@ impl LiveMeter {
             front_end: group.front_end,
             meter,
             image,
-            events: Vec::with_capacity(256),
             t: 0.0,
             finished: false,
             drained: 0,
@@ -196,6 +228,11 @@ impl LiveMeter {
         if self.finished {
             return;
         }
+        SCRATCH.with_borrow_mut(|scratch| self.advance_with(until, scratch));
+    }
+
+    fn advance_with(&mut self, until: Seconds, scratch: &mut Scratch) {
+        let Scratch { front, events } = scratch;
         let until = until.min(self.duration);
         let produced_before = self.meter.produced();
         match &mut self.source {
@@ -213,23 +250,19 @@ impl LiveMeter {
                     if self.front_end != FrontEnd::default() {
                         meter::apply_front_end(&self.front_end, block, n);
                     }
-                    self.events.clear();
-                    measurement.push(block, &mut self.events);
+                    events.clear();
+                    measurement.push(block, events);
                     *done += n as u64;
-                    feed(&mut self.events, &mut self.meter, &mut self.image);
+                    feed(events, &mut self.meter, &mut self.image);
                 }
             }
-            Source::Rms {
-                rms,
-                aggregator,
-                front,
-            } => {
+            Source::Rms { rms, aggregator } => {
                 let mut t = self.t;
                 while t < until {
                     let step_end = (t + RMS_STEP).min(until);
                     front.clear();
                     rms.advance(step_end, front);
-                    self.events.clear();
+                    events.clear();
                     for ev in front.drain(..) {
                         if let MeasureEvent::HalfCycle {
                             ch,
@@ -239,25 +272,25 @@ impl LiveMeter {
                         } = ev
                         {
                             let ms = meter::front_end_ms(&self.front_end, ch, ms);
-                            self.events.push(MeasureEvent::HalfCycle {
+                            events.push(MeasureEvent::HalfCycle {
                                 ch,
                                 t_start,
                                 t_end,
                                 ms,
                             });
-                            aggregator.push_half_cycle(ch, t_start, t_end, ms, &mut self.events);
+                            aggregator.push_half_cycle(ch, t_start, t_end, ms, events);
                         } else {
-                            self.events.push(ev);
+                            events.push(ev);
                         }
                     }
-                    feed(&mut self.events, &mut self.meter, &mut self.image);
+                    feed(events, &mut self.meter, &mut self.image);
                     t = step_end;
                 }
             }
         }
         self.t = self.t.max(until);
         if self.t >= self.duration {
-            self.finish();
+            self.finish(events);
         }
         self.meter.advance(self.t);
         self.image.on_meter(&self.meter, self.t);
@@ -292,16 +325,45 @@ impl LiveMeter {
         self.meter.poll_transmit()
     }
 
-    fn finish(&mut self) {
-        self.events.clear();
+    fn finish(&mut self, events: &mut Vec<MeasureEvent>) {
+        events.clear();
         match &mut self.source {
-            Source::Waveform { measurement, .. } => {
-                measurement.finish(self.duration, &mut self.events)
-            }
-            Source::Rms { aggregator, .. } => aggregator.finish(self.duration, &mut self.events),
+            Source::Waveform { measurement, .. } => measurement.finish(self.duration, events),
+            Source::Rms { aggregator, .. } => aggregator.finish(self.duration, events),
         }
-        feed(&mut self.events, &mut self.meter, &mut self.image);
+        feed(events, &mut self.meter, &mut self.image);
         self.finished = true;
+    }
+
+    /// Heap bytes this meter owns alone (not the shared register map or supply model, nor the
+    /// per-thread event buffers): its `rms` or waveform state, the meter (ring and event log)
+    /// and its name and identity strings. Between events it does not grow with grid time.
+    pub fn heap_bytes(&self) -> usize {
+        let source = match &self.source {
+            Source::Rms { rms, aggregator } => {
+                size_of::<RmsFidelity>()
+                    + rms.heap_bytes()
+                    + size_of::<Aggregator>()
+                    + aggregator.heap_bytes()
+            }
+            // Not itemised: the waveform path holds its sample block and the measurement's
+            // fixed windows.
+            Source::Waveform { .. } => size_of::<Synthesizer>() + size_of::<Measurement>(),
+        };
+        let id = self.image.identity();
+        let strings = self.name.capacity()
+            + [
+                &id.vendor,
+                &id.product_code,
+                &id.revision,
+                &id.vendor_url,
+                &id.product_name,
+                &id.model_name,
+            ]
+            .iter()
+            .map(|s| s.capacity())
+            .sum::<usize>();
+        source + self.meter.heap_bytes() + strings
     }
 
     /// FC03/FC04 on this meter's image.

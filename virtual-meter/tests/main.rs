@@ -9,6 +9,7 @@ mod fleet;
 mod idle;
 mod live;
 mod maps;
+mod memory;
 mod mqtt;
 mod pacing;
 mod server;

@@ -245,6 +245,12 @@ impl Aggregator {
     pub fn finish(&mut self, t: Seconds, out: &mut Vec<MeasureEvent>) {
         self.pq.finish(t, out);
     }
+
+    /// Heap bytes held: the per-channel state and the PQ detector's (whose closed polyphase
+    /// events are pruned as windows close, so this does not grow with grid time).
+    pub fn heap_bytes(&self) -> usize {
+        self.channels.capacity() * size_of::<ChannelAgg>() + self.pq.heap_bytes()
+    }
 }
 
 #[cfg(test)]

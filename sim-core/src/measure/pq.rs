@@ -108,6 +108,13 @@ impl PqDetector {
         }
     }
 
+    /// Heap bytes held by the per-channel state and the closed polyphase events.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.single.capacity() * size_of::<[Option<Open>; 3]>()
+            + self.latest.capacity() * size_of::<Option<f64>>()
+            + self.closed.capacity() * size_of::<(Seconds, Seconds)>()
+    }
+
     fn ensure_channel(&mut self, ch: usize) {
         if ch >= self.latest.len() {
             self.latest.resize(ch + 1, None);
