@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use virtual_meter::broker::{
-    find_program, start_broker, BrokerUrl, EmbeddedBroker, RunningBroker, SpawnedMosquitto,
-};
+use virtual_meter::broker::{find_program, start_broker, BrokerUrl, EmbeddedBroker, RunningBroker};
 
 const MESSAGES: u32 = 1_000;
 const TOPIC: &str = "gridloop/sub-a/feeder-1/m-0001/telemetry";
