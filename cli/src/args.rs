@@ -56,6 +56,8 @@ pub enum Command {
     Export(crate::export::ExportArgs),
     /// Serve a scenario's meter(s) over Modbus/TCP in real time (prints the bound address)
     Meter(MeterArgs),
+    /// Run the embedded MQTT broker (rumqttd) standalone (prints the bound address)
+    Broker(crate::broker::BrokerArgs),
 }
 
 /// `gridloop meter`: one meter, or a gateway of several, running a scenario in real time.

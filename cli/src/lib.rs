@@ -2,6 +2,7 @@
 //! codes. The only crate that uses anyhow, prints, or decides how the process ends.
 
 pub mod args;
+pub mod broker;
 pub mod commands;
 pub mod exit;
 pub mod export;
@@ -41,6 +42,7 @@ pub fn main() -> ExitCode {
         Command::Schema => commands::schema(),
         Command::Export(args) => export::export(args),
         Command::Meter(args) => meter::meter(args),
+        Command::Broker(args) => broker::broker(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
