@@ -9,7 +9,8 @@
 //! - [`pacing`]: the real-time loop on tokio's clock.
 //! - [`broker`]: `--broker` URLs, the embedded rumqttd, a spawned Mosquitto.
 //!
-//! Only `pacing` and `service` know about tokio; nothing here reads YAML or prints.
+//! Only `pacing` and `service` know about tokio (the embedded rumqttd in `broker` runs its own
+//! runtimes on its own threads); nothing here reads YAML or prints.
 
 pub mod broker;
 pub mod image;
