@@ -60,6 +60,8 @@ pub enum Command {
     Fleet(crate::fleet::FleetArgs),
     /// Calibrate a meter's voltage gains to a reference voltage over Modbus/TCP
     Calibrate(crate::calibrate::CalibrateArgs),
+    /// Run the embedded MQTT broker (rumqttd) standalone (prints the bound address)
+    Broker(crate::broker::BrokerArgs),
 }
 
 /// `gridloop meter`: one meter, or a gateway of several, running a scenario in real time.

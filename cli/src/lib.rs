@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod broker;
 pub mod calibrate;
 pub mod commands;
 pub mod exit;
@@ -46,6 +47,7 @@ pub fn main() -> ExitCode {
         Command::Meter(args) => meter::meter(args),
         Command::Fleet(args) => fleet::fleet(args),
         Command::Calibrate(args) => calibrate::calibrate(args),
+        Command::Broker(args) => broker::broker(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use gridloop::exit;
 
+mod broker;
 mod calibrate;
 mod export;
 mod meter;

@@ -13,7 +13,8 @@
 //! - [`mqtt`]: MQTT telemetry, events and status (payloads, a sans-io publisher session, the
 //!   tokio link that takes messages from the meter's ring).
 //!
-//! Only `pacing`, `service` and `mqtt::link` know about tokio; nothing here reads YAML or prints.
+//! Only `pacing`, `service` and `mqtt::link` know about tokio (the embedded rumqttd in `broker`
+//! runs its own runtimes on its own threads); nothing here reads YAML or prints.
 
 pub mod broker;
 pub mod event_log;

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod broker;
 mod common;
 mod event_log;
 mod fleet;

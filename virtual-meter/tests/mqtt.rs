@@ -30,34 +30,7 @@ fn mosquitto() -> Option<SpawnedMosquitto> {
         eprintln!("skipped: mosquitto is not installed");
         return None;
     }
-    let broker = SpawnedMosquitto::start().unwrap();
-    let_mosquitto_persist(&broker);
-    Some(broker)
-}
-
-/// WORKAROUND for `broker::SpawnedMosquitto` (owned elsewhere, reported): started as root,
-/// Mosquitto drops to user `mosquitto`, which cannot write the 0755 root-owned persistence
-/// directory, so on SIGTERM it logs "Error saving in-memory database … Permission denied" and
-/// persistent sessions do not survive `restart()`. Make that directory writable; a no-op when
-/// not root or not on Linux.
-fn let_mosquitto_persist(b: &SpawnedMosquitto) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let Some(pid) = b.pid() else { return };
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|&c| c == 0).collect();
-    let Some(conf) = args
-        .iter()
-        .position(|a| *a == b"-c")
-        .and_then(|i| args.get(i + 1))
-    else {
-        return;
-    };
-    let conf = std::path::PathBuf::from(String::from_utf8_lossy(conf).into_owned());
-    if let Some(dir) = conf.parent() {
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777));
-    }
+    Some(SpawnedMosquitto::start().unwrap())
 }
 
 /// The sag scenario with a reading every 100 ms, each one sent (no report-by-exception).
