@@ -88,8 +88,13 @@ pub struct MeterArgs {
     )]
     pub listen: std::net::SocketAddr,
 
+    /// Which meter of the group to run: its index (0-based; its seed, values and trips are those
+    /// sim mode computes for that meter). With --units N, meters ID..ID+N
+    #[arg(long, value_name = "ID", default_value_t = 0)]
+    pub id: u32,
+
     /// Meters behind the listener: 1 answers every unit id; N > 1 is a gateway with unit ids
-    /// 1..=N (meters 0..N of the group; unknown ids get exception 0x0B)
+    /// 1..=N (meters ID..ID+N of the group; unknown ids get exception 0x0B)
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=247))]
     pub units: u8,
 
@@ -127,6 +132,9 @@ pub struct MeterArgs {
     /// The meters' event log: one line per trip and clear, appended (`none` disables)
     #[arg(long, value_name = "FILE", default_value = "voltage_events.log")]
     pub event_log: PathBuf,
+
+    #[command(flatten)]
+    pub mqtt: crate::mqtt_links::MqttArgs,
 }
 
 impl MeterArgs {

@@ -13,14 +13,17 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use virtual_meter::event_log::EventLogWriter;
 use virtual_meter::fleet::{FleetPlan, ModbusLayout, Shard};
+use virtual_meter::live::group_model;
 use virtual_meter::pacing::{run_paced, PacingStats};
 use virtual_meter::registers::{MapOptions, RegisterMap};
 use virtual_meter::service::serve;
-use virtual_meter::{LiveMeter, SharedMeter, Units};
+use virtual_meter::{LinkStats, LiveMeter, SharedMeter, Units};
 
 use crate::exit::{CommandResult, Failure, OrExit, ENVIRONMENT, INVALID_INPUT, SUCCESS};
 use crate::load;
+use crate::mqtt_links::{self, Links, LinksReport, MqttArgs};
 
 /// `gridloop fleet`: many meters of one scenario in this process.
 #[derive(Debug, Clone, Args)]
@@ -68,6 +71,13 @@ pub struct FleetArgs {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub pacers: u16,
 
+    /// The meters' event log: one line per trip and clear, appended (`none` disables)
+    #[arg(long, value_name = "FILE", default_value = "voltage_events.log")]
+    pub event_log: PathBuf,
+
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
+
     /// Write the final figures as JSON to FILE
     #[arg(long, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
@@ -100,6 +110,10 @@ pub struct FleetSummary {
     pub produced: u64,
     pub overflowed: u64,
     pub buffered: u64,
+    /// The broker line (`broker: …`), or `null` without MQTT.
+    pub broker: Option<String>,
+    pub mqtt: Option<LinkStats>,
+    pub links: Option<LinksReport>,
     pub interrupted: bool,
 }
 
@@ -138,6 +152,7 @@ pub fn fleet(args: &FleetArgs) -> CommandResult {
     };
     let plan = FleetPlan::new(&scenario, args.meters, shard, layout)
         .map_err(|e| Failure::new(INVALID_INPUT, e))?;
+    let broker = args.mqtt.broker_url()?;
     let end = match &args.duration {
         None => plan.scenario.duration,
         Some(text) => scenarios::duration::parse_duration(text)
@@ -150,7 +165,7 @@ pub fn fleet(args: &FleetArgs) -> CommandResult {
         .enable_all()
         .build()
         .or_exit(ENVIRONMENT, || "cannot start the tokio runtime".into())?;
-    let summary = runtime.block_on(run_fleet(&plan, args, end))?;
+    let summary = runtime.block_on(run_fleet(&plan, args, end, broker))?;
     if let Some(file) = &args.summary_json {
         let text = serde_json::to_string_pretty(&summary)
             .or_exit(ENVIRONMENT, || "cannot encode the summary".into())?;
@@ -175,7 +190,12 @@ struct Live {
     sim_us: AtomicU64,
 }
 
-async fn run_fleet(plan: &FleetPlan, args: &FleetArgs, end: f64) -> Result<FleetSummary, Failure> {
+async fn run_fleet(
+    plan: &FleetPlan,
+    args: &FleetArgs,
+    end: f64,
+    broker_url: Option<virtual_meter::broker::BrokerUrl>,
+) -> Result<FleetSummary, Failure> {
     let started = Instant::now();
     // One register map per group encoding, shared by the group's meters.
     let maps: Vec<Arc<RegisterMap>> = plan
@@ -188,17 +208,31 @@ async fn run_fleet(plan: &FleetPlan, args: &FleetArgs, end: f64) -> Result<Fleet
             )))
         })
         .collect();
+    // One supply model per group too (the meters' noise seeds still differ).
+    let models: Vec<_> = (0..plan.scenario.groups.len())
+        .map(|g| group_model(&plan.scenario, g))
+        .collect();
     let meters: Vec<SharedMeter> = plan
         .meters
         .iter()
         .map(|m| {
-            Arc::new(Mutex::new(LiveMeter::new(
+            Arc::new(Mutex::new(LiveMeter::with_model(
                 &plan.scenario,
                 m.which,
                 maps[m.which.group].clone(),
+                models[m.which.group].clone(),
             )))
         })
         .collect();
+    let mut event_log = if args.event_log.as_os_str() == "none" {
+        None
+    } else {
+        Some(
+            EventLogWriter::append_to(&args.event_log).or_exit(ENVIRONMENT, || {
+                format!("cannot open the event log {}", args.event_log.display())
+            })?,
+        )
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
@@ -253,6 +287,35 @@ async fn run_fleet(plan: &FleetPlan, args: &FleetArgs, end: f64) -> Result<Fleet
         .or_exit(ENVIRONMENT, || "cannot write to stdout".into())?;
     }
 
+    // MQTT: the broker (blocking until it accepts connections), then a link per meter,
+    // ramped up at --ramp connections per second.
+    let mut broker = None;
+    let mut links = None;
+    let epoch_ms = mqtt_links::epoch_now_ms();
+    if let Some(url) = broker_url {
+        let running = tokio::task::spawn_blocking(move || mqtt_links::start(&url))
+            .await
+            .map_err(|e| Failure::msg(ENVIRONMENT, format!("broker start failed: {e}")))??;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{running}")
+            .and_then(|()| out.flush())
+            .or_exit(ENVIRONMENT, || "cannot write to stdout".into())?;
+        let with_refs = meters
+            .iter()
+            .zip(&plan.meters)
+            .map(|(m, p)| (m.clone(), p.which))
+            .collect();
+        links = Some(Links::spawn(
+            &plan.scenario,
+            with_refs,
+            running.addr(),
+            &args.mqtt,
+            epoch_ms,
+        ));
+        broker = Some(running);
+    }
+    let counters = links.as_ref().map(|l| l.counters.clone());
+
     let live = Arc::new(Live::default());
     let step = Duration::from_millis(args.step_ms);
     let start = Instant::now();
@@ -277,23 +340,56 @@ async fn run_fleet(plan: &FleetPlan, args: &FleetArgs, end: f64) -> Result<Fleet
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut interrupted = false;
+    let mut log_error = None;
     let all_paced = futures_all(&mut pacers);
     tokio::pin!(all_paced);
+    let plain_every = if args.quiet || bar.is_hidden() { 0 } else { 1 };
+    let mut last_acked = 0u64;
+    let mut ticks = 0u64;
     let stats = loop {
         tokio::select! {
             stats = &mut all_paced => break stats,
             _ = &mut ctrl_c => { interrupted = true; break Vec::new(); }
             _ = ticker.tick() => {
-                let t = start.elapsed().as_secs_f64().min(end);
-                bar.set_message(format!(
-                    "grid {t:.1}/{end:.1} s · {} meters · {} overruns",
-                    meters.len(),
-                    live.overruns.load(Ordering::Relaxed)
-                ));
+                ticks += 1;
+                if let Some(log) = event_log.as_mut() {
+                    if let Err(e) = log.append(&meters) {
+                        log_error = Some(e);
+                        interrupted = true;
+                        break Vec::new();
+                    }
+                }
+                let line = status_line(
+                    start.elapsed().as_secs_f64().min(end),
+                    end,
+                    &meters,
+                    counters.as_deref(),
+                    &mut last_acked,
+                    live.overruns.load(Ordering::Relaxed),
+                );
+                if plain_every == 1 {
+                    bar.set_message(line);
+                } else if !args.quiet && ticks % 10 == 0 {
+                    tracing::info!("{line}");
+                    let _ = writeln!(std::io::stderr().lock(), "{line}");
+                }
             }
         }
     };
     bar.finish_and_clear();
+    // Drain: links flush what the meters buffered (also on Ctrl-C), then the listeners stop.
+    let link_report = match links {
+        Some(links) => Some(links.stop().await),
+        None => None,
+    };
+    let link_stats = counters
+        .as_deref()
+        .map(virtual_meter::LinkCounters::snapshot);
+    if let (Some(log), None) = (event_log.as_mut(), &log_error) {
+        if let Err(e) = log.append(&meters) {
+            log_error = Some(e);
+        }
+    }
     let _ = stop_tx.send(true);
     for s in servers {
         match s.await {
@@ -317,8 +413,12 @@ async fn run_fleet(plan: &FleetPlan, args: &FleetArgs, end: f64) -> Result<Fleet
         produced: 0,
         overflowed: 0,
         buffered: 0,
+        broker: broker.as_ref().map(ToString::to_string),
+        mqtt: link_stats,
+        links: link_report,
         interrupted,
     };
+    drop(broker);
     for s in &stats {
         summary.pacing_steps += s.steps;
         summary.overruns += s.overruns;
@@ -336,6 +436,15 @@ async fn run_fleet(plan: &FleetPlan, args: &FleetArgs, end: f64) -> Result<Fleet
             summary.buffered += m.meter().buffered() as u64;
         }
     }
+    if let Some(e) = log_error {
+        return Err(Failure::msg(
+            ENVIRONMENT,
+            format!(
+                "cannot write the event log {}: {e}",
+                args.event_log.display()
+            ),
+        ));
+    }
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
@@ -351,7 +460,47 @@ async fn run_fleet(plan: &FleetPlan, args: &FleetArgs, end: f64) -> Result<Fleet
         summary.overflowed,
         summary.buffered,
     );
+    if let (Some(c), Some(r)) = (&summary.mqtt, &summary.links) {
+        let _ = writeln!(
+            err,
+            "mqtt: {} published, {} acknowledged, {} reconnects, {} packet encapsulation errors \
+             ({} dropped), {} left undelivered, {} of {} links flushed",
+            c.published,
+            c.acked,
+            c.reconnects,
+            c.encapsulation_errors,
+            c.dropped_oversize,
+            r.left_in_ring + r.unacked + r.unsent,
+            r.flushed,
+            r.links
+        );
+    }
     Ok(summary)
+}
+
+/// `grid 12.0/60.0 s · 9998/10000 up · 10012 msg/s · 3 buffered · 0 overruns`.
+fn status_line(
+    t: f64,
+    end: f64,
+    meters: &[SharedMeter],
+    counters: Option<&virtual_meter::LinkCounters>,
+    last_acked: &mut u64,
+    overruns: u64,
+) -> String {
+    let buffered: usize = meters
+        .iter()
+        .filter_map(|m| m.lock().ok().map(|m| m.meter().buffered()))
+        .sum();
+    let mqtt = match counters {
+        Some(c) => {
+            let s = c.snapshot();
+            let rate = s.acked.saturating_sub(*last_acked);
+            *last_acked = s.acked;
+            format!("{}/{} up · {rate} msg/s · ", s.connected, meters.len())
+        }
+        None => format!("{} meters · ", meters.len()),
+    };
+    format!("grid {t:.1}/{end:.1} s · {mqtt}{buffered} buffered · {overruns} overruns")
 }
 
 /// Await every pacing task; a task that panicked contributes nothing.

@@ -11,6 +11,7 @@ pub mod export;
 pub mod fleet;
 pub mod load;
 pub mod meter;
+pub mod mqtt_links;
 pub mod report_dir;
 pub mod run;
 pub mod staged;
@@ -59,12 +60,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// tracing to stderr; filter from `GRIDLOOP_LOG`, else `RUST_LOG`, else `warn`.
+/// tracing to stderr; filter from `GRIDLOOP_LOG`, else `RUST_LOG`, else `warn` (rumqttd off).
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("GRIDLOOP_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("warn"));
+        // The embedded broker (rumqttd) logs every closed connection as an error: quiet unless asked.
+        .unwrap_or_else(|_| EnvFilter::new("warn,rumqttd=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

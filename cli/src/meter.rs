@@ -10,6 +10,7 @@ use sim_core::Scenario;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
+use virtual_meter::broker::BrokerUrl;
 use virtual_meter::event_log::EventLogWriter;
 use virtual_meter::pacing::{run_paced, PacingStats};
 use virtual_meter::registers::{parse_encoding, MapOptions, RegisterMap};
@@ -19,6 +20,7 @@ use virtual_meter::{LiveMeter, MeterRef, SharedMeter, Units};
 use crate::args::MeterArgs;
 use crate::exit::{CommandResult, Failure, OrExit, ENVIRONMENT, INVALID_INPUT, SUCCESS};
 use crate::load;
+use crate::mqtt_links::{self, Links};
 
 /// Run the command.
 pub fn meter(args: &MeterArgs) -> CommandResult {
@@ -51,6 +53,7 @@ pub fn meter(args: &MeterArgs) -> CommandResult {
 #[derive(Debug)]
 struct Plan {
     group: usize,
+    broker: Option<BrokerUrl>,
     map: Arc<RegisterMap>,
     end: f64,
     linger: Duration,
@@ -86,13 +89,15 @@ impl Plan {
                 "the scenario has no meter group",
             ));
         };
-        if u32::from(args.units) > g.count {
+        if u64::from(args.id) + u64::from(args.units) > u64::from(g.count) {
+            let what = if args.id == 0 {
+                format!("--units {}", args.units)
+            } else {
+                format!("--id {} with --units {}", args.id, args.units)
+            };
             return Err(Failure::msg(
                 INVALID_INPUT,
-                format!(
-                    "--units {} but group `{}` has {} meters",
-                    args.units, g.name, g.count
-                ),
+                format!("{what} but group `{}` has {} meters", g.name, g.count),
             ));
         }
         let analog = match &args.encoding {
@@ -135,6 +140,7 @@ impl Plan {
         let event_log = (args.event_log.as_os_str() != "none").then(|| args.event_log.clone());
         Ok(Plan {
             group,
+            broker: args.mqtt.broker_url()?,
             map: Arc::new(map),
             end,
             linger,
@@ -149,7 +155,7 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
         .map(|index| {
             let which = MeterRef {
                 group: plan.group,
-                index,
+                index: args.id + index,
             };
             Arc::new(Mutex::new(LiveMeter::new(
                 scenario,
@@ -191,11 +197,13 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
     {
         let group = &scenario.groups[plan.group].name;
         let who = if meters.len() == 1 {
-            format!("meter {group}/0 (any unit id)")
+            format!("meter {group}/{} (any unit id)", args.id)
         } else {
             format!(
-                "{} meters of {group} as unit ids 1..={}",
+                "{} meters of {group} ({}..={}) as unit ids 1..={}",
                 meters.len(),
+                args.id,
+                args.id + meters.len() as u32 - 1,
                 meters.len()
             )
         };
@@ -207,6 +215,37 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
         )
         .and_then(|()| out.flush())
         .or_exit(ENVIRONMENT, || "cannot write to stdout".into())?;
+    }
+    // MQTT: the broker (blocking until it accepts connections), then a link per meter.
+    let mut broker = None;
+    let mut links = None;
+    if let Some(url) = plan.broker.clone() {
+        let running = tokio::task::spawn_blocking(move || mqtt_links::start(&url))
+            .await
+            .map_err(|e| Failure::msg(ENVIRONMENT, format!("broker start failed: {e}")))??;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{running}")
+            .and_then(|()| out.flush())
+            .or_exit(ENVIRONMENT, || "cannot write to stdout".into())?;
+        let with_refs = meters
+            .iter()
+            .enumerate()
+            .map(|(k, m)| {
+                let which = MeterRef {
+                    group: plan.group,
+                    index: args.id + k as u32,
+                };
+                (m.clone(), which)
+            })
+            .collect();
+        links = Some(Links::spawn(
+            scenario,
+            with_refs,
+            running.addr(),
+            &args.mqtt,
+            mqtt_links::epoch_now_ms(),
+        ));
+        broker = Some(running);
     }
 
     let ctrl_c = tokio::signal::ctrl_c();
@@ -253,6 +292,15 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
             _ = &mut ctrl_c => {}
         }
     }
+    // Links flush what the meters buffered, publish their offline status and disconnect.
+    let link_report = match links {
+        Some(links) => {
+            let counters = links.counters.clone();
+            Some((links.stop().await, counters.snapshot()))
+        }
+        None => None,
+    };
+    drop(broker);
     let _ = stop_tx.send(());
     match server.await {
         Ok(Ok(())) => {}
@@ -285,5 +333,25 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
         stats.max_step_work.as_secs_f64() * 1e3,
         trips
     );
+    if let Some((r, c)) = link_report {
+        let overflowed: u64 = meters
+            .iter()
+            .filter_map(|m| m.lock().ok().map(|m| m.meter().overflowed()))
+            .sum();
+        let _ = writeln!(
+            err,
+            "mqtt: {} messages published, {} acknowledged, {} reconnects, {} overflowed, {} left \
+             undelivered, {} packet encapsulation errors ({} dropped), {} of {} links flushed",
+            c.published,
+            c.acked,
+            c.reconnects,
+            overflowed,
+            r.left_in_ring + r.unacked + r.unsent,
+            c.encapsulation_errors,
+            c.dropped_oversize,
+            r.flushed,
+            r.links
+        );
+    }
     Ok(SUCCESS)
 }

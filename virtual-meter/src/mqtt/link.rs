@@ -152,7 +152,7 @@ pub struct LinkCounters {
 }
 
 /// A plain copy of [`LinkCounters`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct LinkStats {
     pub taken: u64,
     pub published: u64,
