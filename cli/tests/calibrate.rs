@@ -33,6 +33,9 @@ fn start_meter() -> (MeterProcess, String) {
             "60s",
             "--event-log",
             "none",
+            // Only the first stdout line is read: no `broker:` line to write into a closed pipe.
+            "--broker",
+            "none",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::piped())
