@@ -11,6 +11,7 @@ use gridloop::exit;
 mod broker;
 mod calibrate;
 mod export;
+mod fleet;
 mod meter;
 mod report;
 
