@@ -58,6 +58,8 @@ pub enum Command {
     Meter(MeterArgs),
     /// Run many meters of a scenario in this process (Modbus ports or gateways, MQTT)
     Fleet(crate::fleet::FleetArgs),
+    /// Benchmarks of this machine (figures, not verdicts)
+    Bench(crate::bench::BenchArgs),
     /// Calibrate a meter's voltage gains to a reference voltage over Modbus/TCP
     Calibrate(crate::calibrate::CalibrateArgs),
     /// Run the embedded MQTT broker (rumqttd) standalone (prints the bound address)

@@ -47,6 +47,7 @@ pub fn main() -> ExitCode {
         Command::Export(args) => export::export(args),
         Command::Meter(args) => meter::meter(args),
         Command::Fleet(args) => fleet::fleet(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Calibrate(args) => calibrate::calibrate(args),
         Command::Broker(args) => broker::broker(args),
     };
