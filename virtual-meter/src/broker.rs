@@ -435,8 +435,11 @@ pub struct EmbeddedConfig {
     pub max_inflight_count: usize,
     /// How long a new TCP connection may take to send CONNECT, ms.
     pub connection_timeout_ms: u16,
-    /// Limits of subscription-filter logs (what subscribers read from): 256 KiB × 8 = 2 MiB,
-    /// about 7,000 telemetry messages of backlog per subscription.
+    /// Limits of subscription-filter logs (what subscribers read from): 1 MiB × 32 = 32 MiB,
+    /// about 200,000 telemetry messages (20 s of a 10,000-meter fleet at 1 Hz) of backlog per
+    /// subscription. rumqttd skips a subscriber further behind ahead to the head: with 2 MiB a
+    /// subscriber of 10,000 meters on a busy 2-core machine lost 12 % of the messages
+    /// (`gridloop bench fleet`).
     pub log: LogLimit,
     /// Smaller limits for logs whose name matches these filters. The default gives meter topics
     /// (`gridloop/+/+/+/+`, the per-topic logs rumqttd keeps for every topic it has seen
@@ -455,8 +458,8 @@ impl Default for EmbeddedConfig {
             max_inflight_count: 100,
             connection_timeout_ms: 30_000,
             log: LogLimit {
-                segment_size: 256 * 1024,
-                segment_count: 8,
+                segment_size: 1024 * 1024,
+                segment_count: 32,
             },
             topic_logs: vec![(
                 "gridloop/+/+/+/+".to_owned(),

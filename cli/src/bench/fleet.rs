@@ -97,6 +97,10 @@ pub struct FleetFigures {
     pub broker_peak_rss_bytes: u64,
     pub fleet_cpu_s: f64,
     pub overruns: u64,
+    /// MQTT reconnections of the meters (a broker dropping connections under load).
+    pub reconnects: u64,
+    /// Warning lines the fleet logged.
+    pub fleet_warnings: usize,
     pub modbus: Option<ModbusFigures>,
 }
 
@@ -333,6 +337,7 @@ async fn one_run(
         "gridloop-bench-fleet-{}-{kind:?}.json",
         std::process::id()
     ));
+    let stderr_path = summary.with_extension("stderr");
     let base = SocketAddr::from(([127, 0, 0, 1], args.modbus_base));
     let mut fleet = Command::new(exe)
         .arg("fleet")
@@ -344,7 +349,13 @@ async fn one_run(
         .args(["--event-log", "none", "-q", "--summary-json"])
         .arg(&summary)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        // To a file, not a pipe nobody reads until the end: a full pipe would block the
+        // fleet's logging (and with it the fleet).
+        .stderr(
+            std::fs::File::create(&stderr_path).or_exit(ENVIRONMENT, || {
+                format!("cannot create {}", stderr_path.display())
+            })?,
+        )
         .spawn()
         .or_exit(ENVIRONMENT, || "cannot start `gridloop fleet`".into())?;
     let pid = fleet.id();
@@ -458,10 +469,9 @@ async fn one_run(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let mut stderr = String::new();
-    if let Some(mut e) = fleet.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-    }
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&stderr_path);
+    let warnings = stderr.lines().filter(|l| l.contains(" WARN ")).count();
     if !status.success() {
         return Err(Failure::msg(
             ENVIRONMENT,
@@ -514,6 +524,8 @@ async fn one_run(
         broker_peak_rss_bytes: broker_peak,
         fleet_cpu_s: last.cpu.as_secs_f64(),
         overruns: s["overruns"].as_u64().unwrap_or(0),
+        reconnects: s["mqtt"]["reconnects"].as_u64().unwrap_or(0),
+        fleet_warnings: warnings,
         modbus,
     })
 }
@@ -525,7 +537,7 @@ fn print_figures(f: &FleetFigures) {
         out,
         "broker {:?}: {} meters, {} produced, {} overflowed, {} received ({:.0} msg/s), {} \
          duplicates, {} lost; fleet RSS {:.1} MiB steady ({:.0} B per meter, peak {:.1} MiB), \
-         broker peak {:.1} MiB, fleet CPU {:.1} s, {} overruns",
+         broker peak {:.1} MiB, fleet CPU {:.1} s, {} overruns, {} reconnects",
         f.broker.unwrap_or(BrokerKind::Mosquitto),
         f.meters,
         f.produced,
@@ -539,7 +551,8 @@ fn print_figures(f: &FleetFigures) {
         mib(f.fleet_peak_rss_bytes),
         mib(f.broker_peak_rss_bytes),
         f.fleet_cpu_s,
-        f.overruns
+        f.overruns,
+        f.reconnects
     );
     if let Some(m) = &f.modbus {
         let _ = writeln!(

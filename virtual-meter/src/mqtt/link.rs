@@ -395,9 +395,11 @@ impl Link {
                     inc(&self.counters.connect_failures, 1);
                     if was_up {
                         attempt = 0;
+                        // Read, then release the meter before logging: a slow stderr must
+                        // never hold the lock the pacing loop needs.
+                        let buffered = lock(&self.meter).meter().buffered();
                         tracing::warn!(meter = %self.cfg.meter_name, broker = %self.cfg.broker(),
-                            buffered = lock(&self.meter).meter().buffered(),
-                            "MQTT connection lost ({why}); buffering and reconnecting");
+                            buffered, "MQTT connection lost ({why}); buffering and reconnecting");
                     } else {
                         tracing::debug!(meter = %self.cfg.meter_name, broker = %self.cfg.broker(),
                             attempt, "MQTT connect failed: {why}");
