@@ -345,3 +345,77 @@ fn two_shards_split_the_fleet() {
         assert_eq!(doc["trips"], 0);
     }
 }
+
+/// Ctrl-C: the fleet stops pacing, every link flushes what its meter buffered, publishes its
+/// offline status and disconnects, and the summary says so (exit 0).
+#[test]
+fn ctrl_c_drains_every_link_and_exits_0() {
+    if find_program("mosquitto").is_none() {
+        assert!(
+            std::env::var_os("GRIDLOOP_REQUIRE_PEERS").is_none(),
+            "GRIDLOOP_REQUIRE_PEERS is set but mosquitto is not installed"
+        );
+        return;
+    }
+    let dir = scratch("fleet-ctrl-c");
+    let summary = dir.join("summary.json");
+    // The bench scenario runs for an hour: only Ctrl-C ends this fleet.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gridloop"))
+        .args([
+            "fleet",
+            "../scenarios/bench/fleet-1hz.yaml",
+            "--meters",
+            "60",
+            "--no-modbus",
+            "--broker",
+            "spawn:mosquitto",
+            "--event-log",
+            "none",
+            "-q",
+            "--summary-json",
+            path_arg(&summary),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(
+        first.starts_with("fleet fleet-1hz: 60 of 60 meters"),
+        "{first}"
+    );
+    let broker = lines.next().unwrap().unwrap();
+    assert!(
+        broker.starts_with("broker: spawned mosquitto on "),
+        "{broker}"
+    );
+    // Let the meters produce a few readings (one per meter per second), then interrupt.
+    std::thread::sleep(Duration::from_millis(2500));
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the fleet did not exit after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(child.wait().unwrap().success(), "{err}");
+    assert!(err.starts_with("interrupted: 60 meters"), "{err}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(s["interrupted"], true);
+    let produced = s["produced"].as_u64().unwrap();
+    assert!(produced >= 60, "{s}");
+    assert_eq!(s["mqtt"]["acked"].as_u64().unwrap(), produced, "{s}");
+    assert_eq!(s["links"]["flushed"], 60, "{s}");
+    assert_eq!(s["links"]["left_in_ring"], 0, "{s}");
+    assert_eq!(s["overflowed"], 0, "{s}");
+}
