@@ -4,7 +4,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use virtual_meter::event_log::EventLogWriter;
 use virtual_meter::fleet::{FleetPlan, ModbusLayout, Shard};
 use virtual_meter::live::group_model;
-use virtual_meter::pacing::{run_paced, PacingStats};
+use virtual_meter::pacing::{run_paced_with, PacingProgress, PacingStats};
 use virtual_meter::registers::{MapOptions, RegisterMap};
 use virtual_meter::service::serve;
 use virtual_meter::{LinkStats, LiveMeter, SharedMeter, Units};
@@ -181,15 +181,6 @@ pub fn fleet(args: &FleetArgs) -> CommandResult {
     Ok(SUCCESS)
 }
 
-/// Counters the status line reads while the fleet runs.
-#[derive(Debug, Default)]
-struct Live {
-    overruns: AtomicU64,
-    steps: AtomicU64,
-    /// Grid time reached, µs.
-    sim_us: AtomicU64,
-}
-
 async fn run_fleet(
     plan: &FleetPlan,
     args: &FleetArgs,
@@ -316,24 +307,30 @@ async fn run_fleet(
     }
     let counters = links.as_ref().map(|l| l.counters.clone());
 
-    let live = Arc::new(Live::default());
+    let progress = Arc::new(PacingProgress::default());
     let step = Duration::from_millis(args.step_ms);
     let start = Instant::now();
     let chunk = meters.len().div_ceil(usize::from(args.pacers)).max(1);
     let mut pacers = Vec::new();
+    // Pacers stop at the end or when told (Ctrl-C); each says when it has ended.
+    let (pacers_stop, pacers_stop_rx) = watch::channel(false);
+    let (ended_tx, mut ended) = tokio::sync::mpsc::channel::<()>(usize::from(args.pacers));
     for part in meters.chunks(chunk) {
         let part = part.to_vec();
-        let live = live.clone();
+        let progress = progress.clone();
+        let mut stop = pacers_stop_rx.clone();
+        let ended_tx = ended_tx.clone();
         pacers.push(tokio::spawn(async move {
             let mut stats = PacingStats::default();
-            run_paced(&part, start, step, end, &mut stats).await;
-            live.overruns.fetch_add(stats.overruns, Ordering::Relaxed);
-            live.steps.fetch_add(stats.steps, Ordering::Relaxed);
-            live.sim_us
-                .fetch_max((stats.sim_time * 1e6) as u64, Ordering::Relaxed);
+            tokio::select! {
+                () = run_paced_with(&part, start, step, end, &mut stats, &progress) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            let _ = ended_tx.send(()).await;
             stats
         }));
     }
+    drop(ended_tx);
 
     let bar = status_bar(args.quiet);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -341,22 +338,26 @@ async fn run_fleet(
     tokio::pin!(ctrl_c);
     let mut interrupted = false;
     let mut log_error = None;
-    let all_paced = futures_all(&mut pacers);
-    tokio::pin!(all_paced);
-    let plain_every = if args.quiet || bar.is_hidden() { 0 } else { 1 };
+    let mut running = pacers.len();
+    let on_terminal = !bar.is_hidden();
     let mut last_acked = 0u64;
     let mut ticks = 0u64;
-    let stats = loop {
+    loop {
         tokio::select! {
-            stats = &mut all_paced => break stats,
-            _ = &mut ctrl_c => { interrupted = true; break Vec::new(); }
+            e = ended.recv() => {
+                running = running.saturating_sub(1);
+                if e.is_none() || running == 0 {
+                    break;
+                }
+            }
+            _ = &mut ctrl_c => { interrupted = true; break; }
             _ = ticker.tick() => {
                 ticks += 1;
                 if let Some(log) = event_log.as_mut() {
                     if let Err(e) = log.append(&meters) {
                         log_error = Some(e);
                         interrupted = true;
-                        break Vec::new();
+                        break;
                     }
                 }
                 let line = status_line(
@@ -365,18 +366,28 @@ async fn run_fleet(
                     &meters,
                     counters.as_deref(),
                     &mut last_acked,
-                    live.overruns.load(Ordering::Relaxed),
+                    progress.overruns.load(Ordering::Relaxed),
                 );
-                if plain_every == 1 {
+                if on_terminal {
                     bar.set_message(line);
                 } else if !args.quiet && ticks % 10 == 0 {
-                    tracing::info!("{line}");
+                    // Not a terminal: the status every 10 s as a plain line.
                     let _ = writeln!(std::io::stderr().lock(), "{line}");
                 }
             }
         }
-    };
+    }
     bar.finish_and_clear();
+    // Pacing stops first (on Ctrl-C it is told to), so nothing new is produced while the links
+    // drain and the figures agree with each other.
+    let _ = pacers_stop.send(true);
+    let mut stats = Vec::with_capacity(pacers.len());
+    for p in pacers {
+        match p.await {
+            Ok(s) => stats.push(s),
+            Err(e) => tracing::warn!("a pacing task failed: {e}"),
+        }
+    }
     // Drain: links flush what the meters buffered (also on Ctrl-C), then the listeners stop.
     let link_report = match links {
         Some(links) => Some(links.stop().await),
@@ -425,9 +436,6 @@ async fn run_fleet(
         summary.max_step_ms = summary.max_step_ms.max(s.max_step_work.as_secs_f64() * 1e3);
         summary.grid_time_s = summary.grid_time_s.max(s.sim_time);
     }
-    if interrupted {
-        summary.grid_time_s = live.sim_us.load(Ordering::Relaxed) as f64 / 1e6;
-    }
     for m in &meters {
         if let Ok(m) = m.lock() {
             summary.trips += m.meter().trip_count();
@@ -472,7 +480,7 @@ async fn run_fleet(
             c.dropped_oversize,
             r.left_in_ring + r.unacked + r.unsent,
             r.flushed,
-            r.links
+            r.meters
         );
     }
     Ok(summary)
@@ -501,17 +509,6 @@ fn status_line(
         None => format!("{} meters · ", meters.len()),
     };
     format!("grid {t:.1}/{end:.1} s · {mqtt}{buffered} buffered · {overruns} overruns")
-}
-
-/// Await every pacing task; a task that panicked contributes nothing.
-async fn futures_all(tasks: &mut [tokio::task::JoinHandle<PacingStats>]) -> Vec<PacingStats> {
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks.iter_mut() {
-        if let Ok(s) = t.await {
-            out.push(s);
-        }
-    }
-    out
 }
 
 /// A spinner with a message on a terminal; hidden otherwise or with `--quiet`.

@@ -130,12 +130,25 @@ impl Plan {
         };
         let end = seconds("--duration", &args.duration)?
             .map_or(scenario.duration, |d| d.min(scenario.duration));
-        let linger = Duration::from_secs_f64(seconds("--linger", &args.linger)?.unwrap_or(0.0));
+        // A duration as a `Duration`: negative or beyond what it can hold is a usage error.
+        let wall = |flag: &str, s: f64| {
+            Duration::try_from_secs_f64(s).map_err(|_| {
+                Failure::msg(
+                    INVALID_INPUT,
+                    format!("{flag}: {s} s is not a usable length of time"),
+                )
+            })
+        };
+        let linger = wall(
+            "--linger",
+            seconds("--linger", &args.linger)?.unwrap_or(0.0),
+        )?;
         let idle_timeout = match args.idle_timeout.trim() {
             "0" => None,
             text => seconds("--idle-timeout", &Some(text.to_string()))?
                 .filter(|s| *s > 0.0)
-                .map(Duration::from_secs_f64),
+                .map(|s| wall("--idle-timeout", s))
+                .transpose()?,
         };
         let event_log = (args.event_log.as_os_str() != "none").then(|| args.event_log.clone());
         Ok(Plan {
@@ -350,7 +363,7 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
             c.encapsulation_errors,
             c.dropped_oversize,
             r.flushed,
-            r.links
+            r.meters
         );
     }
     Ok(SUCCESS)

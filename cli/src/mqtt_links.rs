@@ -100,6 +100,8 @@ pub fn epoch_now_ms() -> u64 {
 #[derive(Debug)]
 pub struct Links {
     pub counters: Arc<LinkCounters>,
+    /// Every meter, linked or not yet: what is left in their rings is counted from them.
+    meters: Vec<SharedMeter>,
     stop: watch::Sender<bool>,
     ramp: JoinHandle<Vec<JoinHandle<Result<LinkReport, virtual_meter::MqttError>>>>,
 }
@@ -107,6 +109,9 @@ pub struct Links {
 /// What stopping the links found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LinksReport {
+    /// Meters given links.
+    pub meters: usize,
+    /// Links started (the rest were still waiting for the ramp when stopped).
     pub links: usize,
     /// Links that flushed everything, published the offline status and disconnected.
     pub flushed: usize,
@@ -114,6 +119,7 @@ pub struct LinksReport {
     pub failed: usize,
     pub unacked: u64,
     pub unsent: u64,
+    /// Messages still in the meters' rings after the links stopped (all meters, linked or not).
     pub left_in_ring: u64,
 }
 
@@ -127,6 +133,7 @@ impl Links {
         epoch_ms: u64,
     ) -> Links {
         let counters = Arc::new(LinkCounters::default());
+        let all: Vec<SharedMeter> = meters.iter().map(|(m, _)| m.clone()).collect();
         let (stop, stop_rx) = watch::channel(false);
         // Until its link starts (the ramp may take a while), a meter keeps its messages in its
         // own ring instead of draining them: nothing is lost but what overflows, and counted.
@@ -156,14 +163,15 @@ impl Links {
                 cfg
             })
             .collect();
+        // `per_tick` connections every `per_tick / ramp` seconds (about 100 ticks a second).
         let per_tick = (args.ramp / 100).max(1) as usize;
-        let tick = Duration::from_millis(10).max(Duration::from_secs_f64(
-            per_tick as f64 / f64::from(args.ramp),
-        ));
+        let tick = Duration::from_secs_f64(per_tick as f64 / f64::from(args.ramp.max(1)));
         let ramp_counters = counters.clone();
         let ramp = tokio::spawn(async move {
             let mut tasks = Vec::with_capacity(meters.len());
             let mut ticker = tokio::time::interval(tick);
+            // After a stall, go on at the rate asked for instead of catching up in a burst.
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut pending = meters.into_iter().zip(configs);
             loop {
                 ticker.tick().await;
@@ -191,6 +199,7 @@ impl Links {
         });
         Links {
             counters,
+            meters: all,
             stop,
             ramp,
         }
@@ -202,6 +211,7 @@ impl Links {
         let _ = self.stop.send(true);
         let tasks = self.ramp.await.unwrap_or_default();
         let mut report = LinksReport {
+            meters: self.meters.len(),
             links: tasks.len(),
             ..LinksReport::default()
         };
@@ -211,7 +221,6 @@ impl Links {
                     report.flushed += usize::from(r.flushed);
                     report.unacked += r.unacked as u64;
                     report.unsent += r.unsent as u64;
-                    report.left_in_ring += r.left_in_ring as u64;
                 }
                 Ok(Err(e)) => {
                     tracing::warn!("mqtt link ended: {e}");
@@ -223,6 +232,11 @@ impl Links {
                 }
             }
         }
+        report.left_in_ring = self
+            .meters
+            .iter()
+            .filter_map(|m| m.lock().ok().map(|m| m.meter().buffered() as u64))
+            .sum();
         report
     }
 }

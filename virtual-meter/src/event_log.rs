@@ -40,30 +40,45 @@ impl<W: Write> EventLogWriter<W> {
 
     /// Write `meter`'s entries not written yet (no flush). Returns how many.
     pub fn write_meter(&mut self, meter: &LiveMeter) -> io::Result<usize> {
+        let mut lines = Vec::new();
+        self.take_new(meter, &mut lines);
+        for line in &lines {
+            writeln!(self.out, "{line}")?;
+        }
+        Ok(lines.len())
+    }
+
+    /// Format `meter`'s entries not taken yet into `lines` and mark them taken.
+    fn take_new(&mut self, meter: &LiveMeter, lines: &mut Vec<String>) {
         let log = meter.meter().event_log();
         let done = self.written.get(meter.name()).copied().unwrap_or(0);
         let new = log.get(done..).unwrap_or(&[]);
-        for (t, ev) in new {
-            writeln!(self.out, "{}", event_log_line(meter.name(), *t, ev))?;
-        }
+        lines.extend(
+            new.iter()
+                .map(|(t, ev)| event_log_line(meter.name(), *t, ev)),
+        );
         if !new.is_empty() {
             self.written.insert(meter.name().to_string(), log.len());
             self.lines += new.len() as u64;
         }
-        Ok(new.len())
     }
 
-    /// Write every meter's new entries, in the order given, and flush. A meter whose lock is
-    /// poisoned is skipped. Returns how many lines were written.
+    /// Write every meter's new entries, in the order given, and flush. The lines are formatted
+    /// under each meter's lock and written after it is released, so a slow file never holds
+    /// up the pacing loop or a Modbus request. A meter whose lock is poisoned is skipped.
+    /// Returns how many lines were written.
     pub fn append(&mut self, meters: &[SharedMeter]) -> io::Result<usize> {
-        let mut n = 0;
+        let mut lines = Vec::new();
         for m in meters {
             if let Ok(m) = m.lock() {
-                n += self.write_meter(&m)?;
+                self.take_new(&m, &mut lines);
             }
         }
+        for line in &lines {
+            writeln!(self.out, "{line}")?;
+        }
         self.out.flush()?;
-        Ok(n)
+        Ok(lines.len())
     }
 
     /// Lines written so far.

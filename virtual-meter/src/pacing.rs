@@ -2,6 +2,7 @@
 //! Falling behind is counted (overruns), never hidden. Tests drive it with tokio's paused
 //! clock, so no test sleeps.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
@@ -26,6 +27,44 @@ pub struct PacingStats {
     pub sim_time: Seconds,
 }
 
+/// The pacing figures as they stand, readable while the loop runs (a status line), shared by
+/// several pacing loops: steps and overruns add up, grid time is the furthest reached.
+#[derive(Debug, Default)]
+pub struct PacingProgress {
+    pub steps: AtomicU64,
+    pub overruns: AtomicU64,
+    /// Grid time reached, µs.
+    pub sim_us: AtomicU64,
+}
+
+/// [`run_paced`], also publishing every step's figures to `progress`.
+pub async fn run_paced_with(
+    meters: &[SharedMeter],
+    start: Instant,
+    step: Duration,
+    end: Seconds,
+    stats: &mut PacingStats,
+    progress: &PacingProgress,
+) {
+    let mut seen = PacingStats::default();
+    let report = |stats: &PacingStats, seen: &mut PacingStats| {
+        progress
+            .steps
+            .fetch_add(stats.steps - seen.steps, Ordering::Relaxed);
+        progress
+            .overruns
+            .fetch_add(stats.overruns - seen.overruns, Ordering::Relaxed);
+        progress
+            .sim_us
+            .fetch_max((stats.sim_time * 1e6) as u64, Ordering::Relaxed);
+        *seen = *stats;
+    };
+    paced(meters, start, step, end, stats, &mut |s| {
+        report(s, &mut seen)
+    })
+    .await;
+}
+
 /// Advance every meter to the time elapsed since `start` (scaled by nothing: one grid second
 /// per wall second), every `step`, until `end` seconds of grid time are simulated. Returns
 /// when the scenario is over; drop the future to stop early (Ctrl-C): `stats` holds what was
@@ -36,6 +75,17 @@ pub async fn run_paced(
     step: Duration,
     end: Seconds,
     stats: &mut PacingStats,
+) {
+    paced(meters, start, step, end, stats, &mut |_| {}).await;
+}
+
+async fn paced(
+    meters: &[SharedMeter],
+    start: Instant,
+    step: Duration,
+    end: Seconds,
+    stats: &mut PacingStats,
+    after_step: &mut (dyn FnMut(&PacingStats) + Send),
 ) {
     let step = step.max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval_at(start + step, step);
@@ -68,6 +118,7 @@ pub async fn run_paced(
         }
         stats.steps += 1;
         stats.sim_time = t;
+        after_step(stats);
         if t >= end {
             return;
         }

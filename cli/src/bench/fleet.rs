@@ -89,6 +89,7 @@ pub struct FleetFigures {
     pub duplicates: u64,
     /// Seq numbers the subscriber never saw (overflowed or lost).
     pub gaps: u64,
+    pub subscriber_reconnects: u64,
     pub lost: i64,
     pub messages_per_s: f64,
     pub fleet_rss_bytes: u64,
@@ -121,6 +122,17 @@ pub fn bench_fleet(args: &BenchFleetArgs) -> CommandResult {
         return Err(Failure::msg(
             INVALID_INPUT,
             format!("no scenario file {}", args.scenario.display()),
+        ));
+    }
+    let gateways = args.meters.div_ceil(virtual_meter::fleet::GATEWAY_UNITS);
+    if u32::from(args.modbus_base) + gateways > 65536 || args.modbus_base == 0 {
+        return Err(Failure::msg(
+            INVALID_INPUT,
+            format!(
+                "--modbus-base {}: {gateways} gateways need ports up to {}, past 65535",
+                args.modbus_base,
+                u32::from(args.modbus_base) + gateways - 1
+            ),
         ));
     }
     let warm = warmup_seconds(args.meters);
@@ -164,6 +176,19 @@ pub fn bench_fleet(args: &BenchFleetArgs) -> CommandResult {
 /// Seconds before the quiet window: the connection ramp (2,000 per second) and 5 s to settle.
 fn warmup_seconds(meters: u32) -> u64 {
     u64::from(meters).div_ceil(2000) + 5
+}
+
+/// A child process killed (and reaped) when dropped: every early return of a run stops the
+/// fleet it started, so its ports are free again.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
 }
 
 /// A broker for one run, stopped when dropped.
@@ -237,6 +262,8 @@ struct Seen {
     duplicates: u64,
     /// Sum of forward jumps in seq (messages never seen: overflowed or lost).
     gaps: u64,
+    /// CONNACKs the subscriber got (1 = it never reconnected).
+    connections: u64,
 }
 
 impl Seen {
@@ -253,6 +280,15 @@ impl Seen {
 }
 
 /// Subscribe to every meter topic and count what arrives.
+/// The (meter, seq) a decoded payload counts for: split parts (`part` 0..`parts`) share their
+/// reading's seq, so only part 0 counts; statuses have no seq.
+fn counted(v: &serde_json::Value) -> Option<(u64, u64)> {
+    if v["part"].as_u64().unwrap_or(0) != 0 {
+        return None;
+    }
+    Some((v["meter"].as_u64()?, v["seq"].as_u64()?))
+}
+
 /// The subscriber's client and its event-loop task (aborted when dropped).
 struct Subscriber {
     _client: AsyncClient,
@@ -267,19 +303,24 @@ impl Drop for Subscriber {
 
 async fn subscribe(addr: SocketAddr, seen: Arc<Mutex<Seen>>) -> Result<Subscriber, Failure> {
     let mut opts = MqttOptions::new("gridloop-bench-sub", addr.ip().to_string(), addr.port());
+    // A persistent session, subscribed again on every CONNACK: a reconnect under load neither
+    // loses the broker's queue for it nor the subscription.
     opts.set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true)
+        .set_clean_session(false)
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = AsyncClient::new(opts, 1024);
-    client
-        .subscribe("gridloop/#", QoS::AtLeastOnce)
-        .await
-        .or_exit(ENVIRONMENT, || "cannot subscribe".into())?;
+    let resubscribe = client.clone();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let mut ready_tx = Some(ready_tx);
     let task = tokio::spawn(async move {
         loop {
             match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Ok(mut seen) = seen.lock() {
+                        seen.connections += 1;
+                    }
+                    let _ = resubscribe.try_subscribe("gridloop/#", QoS::AtLeastOnce);
+                }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
                     if let Some(tx) = ready_tx.take() {
                         let _ = tx.send(());
@@ -294,14 +335,13 @@ async fn subscribe(addr: SocketAddr, seen: Arc<Mutex<Seen>>) -> Result<Subscribe
                     } else {
                         PayloadFormat::Cbor
                     };
-                    if let Ok(v) = virtual_meter::mqtt::decode(format, &p.payload) {
-                        if let (Some(m), Some(s)) = (v["meter"].as_u64(), v["seq"].as_u64()) {
-                            // Split parts share a seq: the first counts.
-                            if v["part"].as_u64().unwrap_or(0) <= 1 {
-                                if let Ok(mut seen) = seen.lock() {
-                                    seen.on(m, s);
-                                }
-                            }
+                    if let Some((m, q)) = virtual_meter::mqtt::decode(format, &p.payload)
+                        .ok()
+                        .as_ref()
+                        .and_then(counted)
+                    {
+                        if let Ok(mut seen) = seen.lock() {
+                            seen.on(m, q);
                         }
                     }
                 }
@@ -339,7 +379,7 @@ async fn one_run(
     ));
     let stderr_path = summary.with_extension("stderr");
     let base = SocketAddr::from(([127, 0, 0, 1], args.modbus_base));
-    let mut fleet = Command::new(exe)
+    let fleet = Command::new(exe)
         .arg("fleet")
         .arg(&args.scenario)
         .args(["--meters", &args.meters.to_string()])
@@ -359,6 +399,8 @@ async fn one_run(
         .spawn()
         .or_exit(ENVIRONMENT, || "cannot start `gridloop fleet`".into())?;
     let pid = fleet.id();
+    let mut fleet = KillOnDrop(fleet);
+    let fleet = &mut fleet.0;
     let started = Instant::now();
     eprintln!(
         "bench fleet: {} meters, broker {kind:?} on {}, {} s",
@@ -412,7 +454,9 @@ async fn one_run(
             None => {
                 let targets = (0..listeners)
                     .flat_map(|g| {
-                        let addr = SocketAddr::from(([127, 0, 0, 1], args.modbus_base + g as u16));
+                        // In range: checked against 65535 before anything started.
+                        let port = args.modbus_base.saturating_add(g as u16);
+                        let addr = SocketAddr::from(([127, 0, 0, 1], port));
                         (1..=virtual_meter::fleet::GATEWAY_UNITS).map(move |u| (addr, u as u8))
                     })
                     .collect();
@@ -500,9 +544,9 @@ async fn one_run(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (received, duplicates, gaps) = seen
+    let (received, duplicates, gaps, connections) = seen
         .lock()
-        .map(|s| (s.received, s.duplicates, s.gaps))
+        .map(|s| (s.received, s.duplicates, s.gaps, s.connections))
         .unwrap_or_default();
     drop(subscriber);
     let seconds = started.elapsed().as_secs_f64();
@@ -516,6 +560,7 @@ async fn one_run(
         received,
         duplicates,
         gaps,
+        subscriber_reconnects: connections.saturating_sub(1),
         lost: produced as i64 - overflowed as i64 - received as i64,
         messages_per_s: received as f64 / args.seconds as f64,
         fleet_rss_bytes: if_zero(steady.rss),
@@ -537,7 +582,7 @@ fn print_figures(f: &FleetFigures) {
         out,
         "broker {:?}: {} meters, {} produced, {} overflowed, {} received ({:.0} msg/s), {} \
          duplicates, {} lost; fleet RSS {:.1} MiB steady ({:.0} B per meter, peak {:.1} MiB), \
-         broker peak {:.1} MiB, fleet CPU {:.1} s, {} overruns, {} reconnects",
+         broker peak {:.1} MiB, fleet CPU {:.1} s, {} overruns, {} reconnects (subscriber {})",
         f.broker.unwrap_or(BrokerKind::Mosquitto),
         f.meters,
         f.produced,
@@ -552,7 +597,8 @@ fn print_figures(f: &FleetFigures) {
         mib(f.broker_peak_rss_bytes),
         f.fleet_cpu_s,
         f.overruns,
-        f.reconnects
+        f.reconnects,
+        f.subscriber_reconnects
     );
     if let Some(m) = &f.modbus {
         let _ = writeln!(
@@ -584,6 +630,18 @@ mod tests {
         assert_eq!(s.received, 6);
         assert_eq!(s.duplicates, 1);
         assert_eq!(s.gaps, 2);
+    }
+
+    #[test]
+    fn only_part_zero_of_a_split_reading_counts() {
+        let whole = serde_json::json!({"meter": 7, "seq": 3, "kind": "reading"});
+        assert_eq!(counted(&whole), Some((7, 3)));
+        let p0 = serde_json::json!({"meter": 7, "seq": 4, "part": 0, "parts": 3});
+        let p1 = serde_json::json!({"meter": 7, "seq": 4, "part": 1, "parts": 3});
+        assert_eq!(counted(&p0), Some((7, 4)));
+        assert_eq!(counted(&p1), None);
+        let status = serde_json::json!({"meter": 7, "status": "online"});
+        assert_eq!(counted(&status), None);
     }
 
     #[test]

@@ -63,15 +63,25 @@ pub async fn run(spec: &LoadSpec) -> LoadResult {
             };
             connected.fetch_add(1, Ordering::Relaxed);
             while Instant::now() < end {
-                let ok = matches!(
-                    tokio::time::timeout(timeout, ctx.read_holding_registers(address, count)).await,
-                    Ok(Ok(Ok(_)))
-                );
-                if measuring.load(Ordering::Relaxed) {
-                    if ok {
+                let r =
+                    tokio::time::timeout(timeout, ctx.read_holding_registers(address, count)).await;
+                let counting = measuring.load(Ordering::Relaxed);
+                match r {
+                    Ok(Ok(Ok(_))) if counting => {
                         requests.fetch_add(1, Ordering::Relaxed);
-                    } else {
+                    }
+                    Ok(Ok(Ok(_))) => {}
+                    // A Modbus exception: the connection itself is fine.
+                    Ok(Ok(Err(_))) => {
+                        if counting {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    // A transport error or a timeout: the connection is gone or unusable; end
+                    // it rather than spin on a dead socket.
+                    Ok(Err(_)) | Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
+                        break;
                     }
                 }
             }

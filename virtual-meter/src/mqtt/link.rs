@@ -599,8 +599,13 @@ impl Link {
                         inc(&self.counters.published, 1);
                     }
                     Err(e) => {
-                        tracing::warn!(meter = %self.cfg.meter_name, "cannot publish: {e}");
-                        return Ok(false);
+                        // Only an unencodable packet fails here: retrying cannot help, so it
+                        // is dropped — counted with the oversize drops, and logged.
+                        tracing::warn!(meter = %self.cfg.meter_name,
+                            "cannot publish ({e}); message dropped");
+                        self.report.dropped_oversize += 1;
+                        inc(&self.counters.dropped_oversize, 1);
+                        continue;
                     }
                 }
                 continue;
