@@ -119,22 +119,7 @@ pub struct FleetSummary {
 
 /// Run the command.
 pub fn fleet(args: &FleetArgs) -> CommandResult {
-    let path = args
-        .scenario_path()
-        .cloned()
-        .ok_or_else(|| Failure::msg(INVALID_INPUT, "no scenario given"))?;
-    let mut loaded = load::load_valid(std::slice::from_ref(&path))?;
-    if loaded.len() != 1 {
-        return Err(Failure::msg(
-            INVALID_INPUT,
-            format!(
-                "{} holds {} scenarios; give one file",
-                path.display(),
-                loaded.len()
-            ),
-        ));
-    }
-    let scenario = loaded.remove(0).scenario;
+    let scenario = load::load_one(args.scenario_path())?;
     let shard = match &args.shard {
         None => Shard::ALL,
         Some(text) => Shard::parse(text).map_err(|e| Failure::new(INVALID_INPUT, e))?,
@@ -284,13 +269,7 @@ async fn run_fleet(
     let mut links = None;
     let epoch_ms = mqtt_links::epoch_now_ms();
     if let Some(url) = broker_url {
-        let running = tokio::task::spawn_blocking(move || mqtt_links::start(&url))
-            .await
-            .map_err(|e| Failure::msg(ENVIRONMENT, format!("broker start failed: {e}")))??;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{running}")
-            .and_then(|()| out.flush())
-            .or_exit(ENVIRONMENT, || "cannot write to stdout".into())?;
+        let running = mqtt_links::start_and_print(url).await?;
         let with_refs = meters
             .iter()
             .zip(&plan.meters)

@@ -89,6 +89,24 @@ pub fn report_problems(
 }
 
 /// Discover and load; any invalid file is a failure with exit 2 after all are printed.
+/// The one scenario `path` (given with `--scenario` or as SCENARIO) holds; exit 2 when none was
+/// given, it is invalid, or it is a folder of several.
+pub fn load_one(path: Option<&PathBuf>) -> Result<Scenario, Failure> {
+    let path = path.ok_or_else(|| Failure::msg(INVALID_INPUT, "no scenario given"))?;
+    let mut loaded = load_valid(std::slice::from_ref(path))?;
+    if loaded.len() != 1 {
+        return Err(Failure::msg(
+            INVALID_INPUT,
+            format!(
+                "{} holds {} scenarios; give one file",
+                path.display(),
+                loaded.len()
+            ),
+        ));
+    }
+    Ok(loaded.remove(0).scenario)
+}
+
 pub fn load_valid(paths: &[PathBuf]) -> Result<Vec<LoadedScenario>, Failure> {
     let files = discover(paths)?;
     let total = files.len();

@@ -24,22 +24,7 @@ use crate::mqtt_links::{self, Links};
 
 /// Run the command.
 pub fn meter(args: &MeterArgs) -> CommandResult {
-    let path: PathBuf = args
-        .scenario_path()
-        .cloned()
-        .ok_or_else(|| Failure::msg(INVALID_INPUT, "no scenario given"))?;
-    let mut loaded = load::load_valid(std::slice::from_ref(&path))?;
-    if loaded.len() != 1 {
-        return Err(Failure::msg(
-            INVALID_INPUT,
-            format!(
-                "{} holds {} scenarios; give one file",
-                path.display(),
-                loaded.len()
-            ),
-        ));
-    }
-    let scenario = loaded.remove(0).scenario;
+    let scenario = load::load_one(args.scenario_path())?;
     let plan = Plan::new(&scenario, args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -233,13 +218,7 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
     let mut broker = None;
     let mut links = None;
     if let Some(url) = plan.broker.clone() {
-        let running = tokio::task::spawn_blocking(move || mqtt_links::start(&url))
-            .await
-            .map_err(|e| Failure::msg(ENVIRONMENT, format!("broker start failed: {e}")))??;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{running}")
-            .and_then(|()| out.flush())
-            .or_exit(ENVIRONMENT, || "cannot write to stdout".into())?;
+        let running = mqtt_links::start_and_print(url).await?;
         let with_refs = meters
             .iter()
             .enumerate()

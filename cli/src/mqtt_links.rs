@@ -89,6 +89,19 @@ pub fn start(url: &BrokerUrl) -> Result<RunningBroker, Failure> {
     start_broker(url).map_err(|e| Failure::new(ENVIRONMENT, e))
 }
 
+/// [`start`] off the runtime's workers, then print its `broker: …` line on stdout.
+pub async fn start_and_print(url: BrokerUrl) -> Result<RunningBroker, Failure> {
+    use std::io::Write as _;
+    let running = tokio::task::spawn_blocking(move || start(&url))
+        .await
+        .map_err(|e| Failure::msg(ENVIRONMENT, format!("broker start failed: {e}")))??;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{running}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::msg(ENVIRONMENT, format!("cannot write to stdout: {e}")))?;
+    Ok(running)
+}
+
 /// Milliseconds since the Unix epoch now: grid time 0 of a live run.
 pub fn epoch_now_ms() -> u64 {
     SystemTime::now()
