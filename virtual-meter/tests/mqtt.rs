@@ -14,10 +14,35 @@ use sim_core::Scenario;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use virtual_meter::broker::{find_program, SpawnedMosquitto};
-use virtual_meter::mqtt::{decode, LinkConfig, LinkCounters};
+use virtual_meter::mqtt::{decode, LinkConfig, LinkCounters, LinkReport, MqttError};
 use virtual_meter::{run_link, LiveMeter, MeterRef, Outbox, SharedMeter};
 
 use crate::common::{default_map, scenario, SAG};
+
+type LinkTask = tokio::task::JoinHandle<Result<LinkReport, MqttError>>;
+
+/// `run_link` on its own task, stopped by the sender.
+fn spawn_link(
+    meter: SharedMeter,
+    cfg: LinkConfig,
+    counters: Arc<LinkCounters>,
+) -> (oneshot::Sender<()>, LinkTask) {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(run_link(meter, cfg, counters, async move {
+        let _ = stop_rx.await;
+    }));
+    (stop_tx, task)
+}
+
+/// Stop a link and take its report (within 10 s).
+async fn stop_link(stop_tx: oneshot::Sender<()>, task: LinkTask) -> LinkReport {
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
 
 const EPOCH_MS: u64 = 1_700_000_000_000;
 
@@ -246,15 +271,7 @@ async fn meters_publish_telemetry_events_statuses_and_the_will() {
         let mut cfg = link_cfg(&sc, index as u32, &broker);
         cfg.format = format;
         let name = cfg.meter_name.clone();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(run_link(
-            Arc::clone(&meter),
-            cfg,
-            Arc::clone(&counters),
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
+        let (stop_tx, task) = spawn_link(Arc::clone(&meter), cfg, Arc::clone(&counters));
         links.push((meter, name, format, stop_tx, task));
     }
     wait_until("both links connected", Duration::from_secs(10), || {
@@ -301,12 +318,7 @@ async fn meters_publish_telemetry_events_statuses_and_the_will() {
 
     // Graceful stop: everything acknowledged, then offline.
     for (meter, name, format, stop_tx, task) in links {
-        stop_tx.send(()).unwrap();
-        let report = tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let report = stop_link(stop_tx, task).await;
         let produced = meter.lock().unwrap().meter().produced();
         assert!(report.flushed, "{report:?}");
         assert_eq!(
@@ -373,15 +385,7 @@ async fn a_broker_outage_is_flushed_in_order_with_source_timestamps() {
     let cfg = link_cfg(&sc, 0, &broker);
     let name = cfg.meter_name.clone();
     let counters = Arc::new(LinkCounters::default());
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(run_link(
-        Arc::clone(&meter),
-        cfg,
-        Arc::clone(&counters),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (stop_tx, task) = spawn_link(Arc::clone(&meter), cfg, Arc::clone(&counters));
     wait_until("link connected", Duration::from_secs(10), || {
         counters.snapshot().connected == 1
     })
@@ -496,12 +500,7 @@ async fn a_broker_outage_is_flushed_in_order_with_source_timestamps() {
         "{s:?}"
     );
 
-    stop_tx.send(()).unwrap();
-    let report = tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = stop_link(stop_tx, task).await;
     assert!(report.flushed, "{report:?}");
     assert_eq!(report.left_in_ring, 0);
 }
@@ -527,15 +526,7 @@ async fn ring_overflow_during_an_outage_is_counted_exactly() {
     let cfg = link_cfg(&sc, 0, &broker);
     let name = cfg.meter_name.clone();
     let counters = Arc::new(LinkCounters::default());
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(run_link(
-        Arc::clone(&meter),
-        cfg,
-        Arc::clone(&counters),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (stop_tx, task) = spawn_link(Arc::clone(&meter), cfg, Arc::clone(&counters));
     wait_until("link connected", Duration::from_secs(10), || {
         counters.snapshot().connected == 1
     })
@@ -615,12 +606,7 @@ async fn ring_overflow_during_an_outage_is_counted_exactly() {
     let last = got.iter().rev().find(|v| v["kind"] == "reading").unwrap();
     assert_eq!(last["overflow"].as_u64(), Some(overflowed));
 
-    stop_tx.send(()).unwrap();
-    let report = tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = stop_link(stop_tx, task).await;
     assert!(report.flushed, "{report:?}");
 }
 
@@ -678,15 +664,7 @@ async fn garbage_from_the_broker_drops_the_connection_and_the_link_reconnects() 
     ];
     let (addr, accepted) = fake_broker(move |n| garbage[n % 3].to_vec()).await;
     let counters = Arc::new(LinkCounters::default());
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(run_link(
-        live(&sc, 0),
-        fake_cfg(&sc, addr),
-        Arc::clone(&counters),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (stop_tx, task) = spawn_link(live(&sc, 0), fake_cfg(&sc, addr), Arc::clone(&counters));
     wait_until("four connections", Duration::from_secs(10), || {
         accepted.load(std::sync::atomic::Ordering::SeqCst) >= 4
     })
@@ -694,12 +672,7 @@ async fn garbage_from_the_broker_drops_the_connection_and_the_link_reconnects() 
     let s = counters.snapshot();
     assert!(s.connect_failures >= 3, "{s:?}");
     assert_eq!(s.reconnects, 0, "never connected: {s:?}");
-    stop_tx.send(()).unwrap();
-    let report = tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let report = stop_link(stop_tx, task).await;
     assert!(!report.flushed);
 }
 
