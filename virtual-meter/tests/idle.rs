@@ -126,10 +126,7 @@ async fn without_a_timeout_a_silent_client_stays_connected() {
     let (addr, _stop) = start(None).await;
     let mut silent = TcpStream::connect(addr).await.unwrap();
     // Twice the timeout the other tests use.
-    assert_eq!(
-        closed_after(&mut silent, 2 * TIMEOUT).await,
-        None
-    );
+    assert_eq!(closed_after(&mut silent, 2 * TIMEOUT).await, None);
     // And it is still served afterwards.
     silent
         .write_all(&[0, 1, 0, 0, 0, 6, 1, 3, 0, 0x24, 0, 2])
