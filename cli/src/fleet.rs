@@ -267,9 +267,14 @@ async fn run_fleet(
     // ramped up at --ramp connections per second.
     let mut broker = None;
     let mut links = None;
+    let running = match broker_url {
+        Some(url) => Some(mqtt_links::start_and_print(url).await?),
+        None => None,
+    };
+    // Grid time 0: the pacing clock and the epoch of the payloads' source timestamps.
+    let start = Instant::now();
     let epoch_ms = mqtt_links::epoch_now_ms();
-    if let Some(url) = broker_url {
-        let running = mqtt_links::start_and_print(url).await?;
+    if let Some(running) = running {
         let with_refs = meters
             .iter()
             .zip(&plan.meters)
@@ -288,7 +293,6 @@ async fn run_fleet(
 
     let progress = Arc::new(PacingProgress::default());
     let step = Duration::from_millis(args.step_ms);
-    let start = Instant::now();
     let chunk = meters.len().div_ceil(usize::from(args.pacers)).max(1);
     let mut pacers = Vec::new();
     // Pacers stop at the end or when told (Ctrl-C); each says when it has ended.

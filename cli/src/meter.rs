@@ -214,30 +214,10 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
         .and_then(|()| out.flush())
         .or_exit(ENVIRONMENT, || "cannot write to stdout".into())?;
     }
-    // MQTT: the broker (blocking until it accepts connections), then a link per meter.
+    // MQTT: the broker (blocking until it accepts connections); the links start with the clock.
     let mut broker = None;
-    let mut links = None;
     if let Some(url) = plan.broker.clone() {
-        let running = mqtt_links::start_and_print(url).await?;
-        let with_refs = meters
-            .iter()
-            .enumerate()
-            .map(|(k, m)| {
-                let which = MeterRef {
-                    group: plan.group,
-                    index: args.id + k as u32,
-                };
-                (m.clone(), which)
-            })
-            .collect();
-        links = Some(Links::spawn(
-            scenario,
-            with_refs,
-            running.addr(),
-            &args.mqtt,
-            mqtt_links::epoch_now_ms(),
-        ));
-        broker = Some(running);
+        broker = Some(mqtt_links::start_and_print(url).await?);
     }
 
     let ctrl_c = tokio::signal::ctrl_c();
@@ -249,6 +229,23 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
             _ = &mut ctrl_c => interrupted = true,
         }
     }
+    // Grid time 0: the pacing clock and the epoch of the payloads' source timestamps.
+    let start = Instant::now();
+    let epoch_ms = mqtt_links::epoch_now_ms();
+    let links = broker.as_ref().map(|running| {
+        let with_refs = meters
+            .iter()
+            .enumerate()
+            .map(|(k, m)| {
+                let which = MeterRef {
+                    group: plan.group,
+                    index: args.id + k as u32,
+                };
+                (m.clone(), which)
+            })
+            .collect();
+        Links::spawn(scenario, with_refs, running.addr(), &args.mqtt, epoch_ms)
+    });
     let mut stats = PacingStats::default();
     let step = Duration::from_millis(args.step_ms);
     let mut log_error = None;
@@ -267,7 +264,7 @@ async fn serve_scenario(scenario: &Scenario, args: &MeterArgs, plan: Plan) -> Co
             }
         };
         tokio::select! {
-            () = run_paced(&meters, Instant::now(), step, plan.end, &mut stats) => {}
+            () = run_paced(&meters, start, step, plan.end, &mut stats) => {}
             e = logging => log_error = Some(e),
             _ = &mut ctrl_c => interrupted = true,
         }
