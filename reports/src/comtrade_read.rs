@@ -841,8 +841,8 @@ mod tests {
                 let d = parse_dat(&c, &dat, Path::new("x.dat")).unwrap();
                 let a = c.analog[0].a;
                 for (k, r) in rows.iter().enumerate() {
-                    for ch in 0..2 {
-                        assert!((d.values[ch][k] - r[ch]).abs() <= a / 2.0 * (1.0 + 1e-9));
+                    for (values, want) in d.values.iter().zip(r) {
+                        assert!((values[k] - want).abs() <= a / 2.0 * (1.0 + 1e-9));
                     }
                     assert_eq!(d.timestamps[k], Some(k as u64 * 1000));
                 }

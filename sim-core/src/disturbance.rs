@@ -222,7 +222,7 @@ impl Replay {
         let samples = self.channels.get(ch)?.as_ref()?;
         let last = samples.len().checked_sub(1)?;
         let x = elapsed * self.rate;
-        if !(x >= 0.0) || x >= samples.len() as f64 {
+        if x.is_nan() || x < 0.0 || x >= samples.len() as f64 {
             return None;
         }
         // Same rate and an onset on the sample grid: hit samples exactly, not 1e-12 beside.

@@ -1708,15 +1708,16 @@ pub(crate) mod tests {
             while (s.position() as usize) < total {
                 let n = block.min(total - s.position() as usize);
                 s.fill(&mut b, n);
-                for ch in 0..3 {
-                    v[ch].extend_from_slice(&b.voltage[ch][..n]);
+                for (out, ch) in v.iter_mut().zip(&b.voltage) {
+                    out.extend_from_slice(&ch[..n]);
                 }
             }
             v
         };
         let a = run(4096);
         assert_eq!(a, run(97));
-        for k in 0..total {
+        assert_eq!(a[1].len(), total);
+        for (k, (&l1, &l2)) in a[0].iter().zip(&a[1]).enumerate() {
             let t = k as f64 / 12_800.0;
             let tau = t - 0.1;
             // Sample j (= 100 + j V) at j / 2000 s: linear in time, so interpolation gives
@@ -1726,13 +1727,9 @@ pub(crate) mod tests {
             } else {
                 plain.voltage_at(1, t) as f32
             };
-            assert!(
-                (a[1][k] - expect_l2).abs() < 1e-3,
-                "k {k}: {} vs {expect_l2}",
-                a[1][k]
-            );
-            assert!((a[0][k] - plain.voltage_at(0, t) as f32).abs() < 1e-3);
-            assert!((f64::from(a[1][k]) - model.voltage_at(1, t)).abs() < 1e-3);
+            assert!((l2 - expect_l2).abs() < 1e-3, "k {k}: {l2} vs {expect_l2}");
+            assert!((l1 - plain.voltage_at(0, t) as f32).abs() < 1e-3);
+            assert!((f64::from(l2) - model.voltage_at(1, t)).abs() < 1e-3);
         }
     }
 }
