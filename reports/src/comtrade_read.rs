@@ -531,7 +531,12 @@ pub fn parse_cfg(text: &str, file: &Path) -> Result<Config, ReadError> {
 
 /// Parse a `.dat` described by `config` (`file` names it in errors).
 pub fn parse_dat(config: &Config, bytes: &[u8], file: &Path) -> Result<ComtradeData, ReadError> {
-    let n = usize::try_from(config.samples.min(MAX_SAMPLES)).unwrap_or(0);
+    // Reserve no more than the bytes can hold (each sample takes at least one byte per
+    // channel and field), so a `.cfg` that promises much cannot make a tiny `.dat` allocate.
+    let fit = bytes.len() / (config.analog.len() + 2);
+    let n = usize::try_from(config.samples.min(MAX_SAMPLES))
+        .unwrap_or(0)
+        .min(fit);
     let mut values = vec![Vec::with_capacity(n); config.analog.len()];
     let mut timestamps = Vec::with_capacity(n);
     match config.format {
@@ -971,6 +976,34 @@ mod tests {
         assert_eq!(
             eb(&swapped),
             "x.dat:record 3 (byte 24): n: sample number 1 does not increase (previous 2)"
+        );
+    }
+
+    #[test]
+    fn a_huge_declaration_with_little_data_is_an_error_not_an_allocation() {
+        let cfg = "s,d,1999\n999999,999999A,0D\n";
+        assert!(cfg_err(cfg).starts_with("x.cfg:3: analog channel 1: missing"));
+        let mut lines = vec!["s,d,1999".to_string(), "5000,5000A,0D".to_string()];
+        lines.extend((1..=5000).map(|i| format!("{i},V{i},A,,V,1,0,0,-1,1,1,1,P")));
+        lines.extend(
+            [
+                "50",
+                "1",
+                "1000,50000000",
+                "01/01/2000,00:00:00",
+                "01/01/2000,00:00:00",
+            ]
+            .map(String::from),
+        );
+        lines.extend(["BINARY", "1"].map(String::from));
+        let c = parse_cfg(&lines.join("\n"), cfg_path()).unwrap();
+        assert_eq!(c.samples, 50_000_000);
+        let e = parse_dat(&c, &[0; 100], Path::new("x.dat"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("x.dat:record 1 (byte 0): record: truncated: 0 whole records"),
+            "{e}"
         );
     }
 
