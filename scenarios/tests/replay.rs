@@ -112,3 +112,23 @@ fn a_truncated_recording_names_the_dat_file_and_record() {
         d.message
     );
 }
+
+#[test]
+fn a_recording_resampled_to_another_grid_rate_gives_the_same_verdicts() {
+    // The 12.8 kHz recording played into 25.6 kHz and 10 kHz synthesis (linear interpolation).
+    let src = std::fs::read_to_string(fixture()).unwrap();
+    for rate in ["25600", "10000"] {
+        let text = src.replace("sample_rate: 12800", &format!("sample_rate: {rate}"));
+        assert_ne!(text, src);
+        let s = scenarios::load_str(&text, &fixture()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.grid.sample_rate.to_string(), rate);
+        let out = harness::run(&s, "resampled");
+        let failed: Vec<String> = out
+            .expectations
+            .iter()
+            .filter(|e| !e.passed)
+            .map(|e| format!("{}: {}", e.label, e.measured))
+            .collect();
+        assert!(failed.is_empty(), "{rate} Hz: {failed:?}");
+    }
+}
