@@ -13,6 +13,7 @@ mod calibrate;
 mod export;
 mod fleet;
 mod meter;
+mod replay;
 mod report;
 
 fn gridloop(args: &[&str]) -> Output {

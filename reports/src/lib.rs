@@ -14,6 +14,7 @@ use sim_core::outcome::ScenarioOutcome;
 use sim_core::Seconds;
 
 pub mod comtrade;
+pub mod comtrade_read;
 pub mod html;
 pub mod json;
 pub mod junit;

@@ -374,10 +374,11 @@ pub struct EventDto {
     pub rf_loss: Option<RfLossDto>,
     pub latency: Option<LatencyDto>,
     pub packet_loss: Option<PacketLossDto>,
+    pub replay: Option<ReplayDto>,
 }
 
 /// The keys of `EventDto` that name a kind, in declaration order.
-pub const EVENT_KINDS: [&str; 17] = [
+pub const EVENT_KINDS: [&str; 18] = [
     "sag",
     "swell",
     "interruption",
@@ -395,6 +396,7 @@ pub const EVENT_KINDS: [&str; 17] = [
     "rf_loss",
     "latency",
     "packet_loss",
+    "replay",
 ];
 
 /// Sag: the envelope drops to `residual` pu.
@@ -634,6 +636,34 @@ pub struct ThermalDriftDto {
     /// Thermal time constant (> 0).
     pub tau: DurationDto,
     pub duration: DurationDto,
+}
+
+/// A recorded waveform (COMTRADE, IEEE C37.111-1991/1999/2013, ASCII or 16-bit BINARY
+/// `.dat`) that replaces the synthesized voltage of the mapped phases from `at` for the
+/// recording's length, interpolated linearly to the grid's sample rate. `waveform` groups
+/// only. Trips are timed from the recording's trigger timestamp.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayDto {
+    /// Path of the `.cfg`, relative to the scenario file; the `.dat` sits beside it.
+    pub comtrade: String,
+    /// The recording's channel (`ch_id` in the `.cfg`) that drives each phase, e.g.
+    /// `{ L1: VA, L2: VB, L3: VC }`; at least one. Channels in V, kV or mV.
+    pub channels: ReplayChannelsDto,
+    /// Factor applied to the recorded values, e.g. a VT ratio for secondary values
+    /// (default 1; 0 < scale ≤ 10000).
+    pub scale: Option<f64>,
+    pub groups: Option<Vec<String>>,
+}
+
+/// Recording channel per phase.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(non_snake_case)]
+pub struct ReplayChannelsDto {
+    pub L1: Option<String>,
+    pub L2: Option<String>,
+    pub L3: Option<String>,
 }
 
 /// Backhaul outage: meters buffer, nothing is delivered.

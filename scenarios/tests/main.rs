@@ -7,4 +7,5 @@ mod design_sketch;
 mod discover;
 mod library;
 mod no_panic;
+mod replay;
 mod rules;

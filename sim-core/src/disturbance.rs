@@ -4,6 +4,8 @@
 //! per-half-cycle mean squares; both read the same definitions so the two fidelities agree.
 //! All magnitudes are per unit (pu) of the nominal peak unless the field says otherwise.
 
+use std::sync::Arc;
+
 use crate::grid::PhaseSet;
 use crate::time::Seconds;
 
@@ -141,6 +143,103 @@ pub enum DisturbanceKind {
     /// m·c·dT/dt = I²R(T) − (T − T_amb)/R_th, R(T) = R20·(1 + α(T − 20)), and the meter sees
     /// V_source − I·(R(T)·cos φ + X·sin φ). The load current steps to `current` at onset.
     ThermalDrift(ThermalDrift),
+    /// A recorded waveform (e.g. a COMTRADE file, lowered by the `scenarios` crate) that
+    /// replaces the synthesized voltage of the channels it carries samples for, from the onset
+    /// for the recording's length. Waveform fidelity only (`rms_model` ignores it; the
+    /// `scenarios` crate refuses `rms` groups with a replay).
+    Replay(Replay),
+}
+
+/// Recorded samples played back in place of the synthesized voltage.
+///
+/// Sample j of a channel is the voltage at `at + j / rate`; between samples the value is
+/// interpolated linearly (so any recording rate plays at any synthesis rate), and after the
+/// last one it holds until `at + duration`. Load currents are not replayed: they keep following
+/// the synthesized envelope.
+#[derive(Clone, PartialEq)]
+pub struct Replay {
+    /// Samples per channel index (0 = L1), V at the meter's terminals; `None` = not replayed.
+    pub channels: [Option<Arc<[f32]>>; 3],
+    /// Samples per second of the recording.
+    pub rate: f64,
+    /// Length of the replay window, s (the longest channel's samples / rate).
+    pub duration: Seconds,
+    /// Offset of the recording's trigger from its first sample, s: the disturbance's onset for
+    /// `trip … within` and alarm latency (see [`Disturbance::onset`]).
+    pub trigger: Seconds,
+    /// Where the samples came from, for messages (e.g. the `.cfg` path).
+    pub source: String,
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lens: Vec<Option<usize>> = self
+            .channels
+            .iter()
+            .map(|c| c.as_ref().map(|s| s.len()))
+            .collect();
+        f.debug_struct("Replay")
+            .field("samples", &lens)
+            .field("rate", &self.rate)
+            .field("duration", &self.duration)
+            .field("trigger", &self.trigger)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Replay {
+    /// Build a replay of `channels` at `rate` Hz; the duration is the longest channel's length.
+    pub fn new(
+        channels: [Option<Arc<[f32]>>; 3],
+        rate: f64,
+        trigger: Seconds,
+        source: String,
+    ) -> Self {
+        let longest = channels
+            .iter()
+            .flatten()
+            .map(|c| c.len())
+            .max()
+            .unwrap_or(0);
+        Replay {
+            duration: if rate > 0.0 {
+                longest as f64 / rate
+            } else {
+                0.0
+            },
+            channels,
+            rate,
+            trigger,
+            source,
+        }
+    }
+
+    /// The replayed voltage of channel `ch` at `elapsed` s after the onset, when the replay
+    /// carries that channel and `elapsed` lies inside its samples' window.
+    #[inline]
+    pub fn value(&self, ch: usize, elapsed: Seconds) -> Option<f64> {
+        let samples = self.channels.get(ch)?.as_ref()?;
+        let last = samples.len().checked_sub(1)?;
+        let x = elapsed * self.rate;
+        if x.is_nan() || x < 0.0 || x >= samples.len() as f64 {
+            return None;
+        }
+        // Same rate and an onset on the sample grid: hit samples exactly, not 1e-12 beside.
+        let r = x.round();
+        let x = if (x - r).abs() < 1e-6 { r } else { x };
+        let j = (x.floor() as usize).min(last);
+        let v0 = f64::from(samples[j]);
+        if j == last {
+            return Some(v0);
+        }
+        let w = x - j as f64;
+        Some(if w == 0.0 {
+            v0
+        } else {
+            v0 + (f64::from(samples[j + 1]) - v0) * w
+        })
+    }
 }
 
 /// Parameters of the first-order conductor heating model.
@@ -199,6 +298,7 @@ impl DisturbanceKind {
             | DisturbanceKind::Frequency { duration, .. }
             | DisturbanceKind::Unbalance { duration, .. } => *duration,
             DisturbanceKind::ThermalDrift(t) => t.duration,
+            DisturbanceKind::Replay(r) => r.duration,
         }
     }
 
@@ -219,6 +319,7 @@ impl DisturbanceKind {
             DisturbanceKind::Frequency { .. } => "frequency",
             DisturbanceKind::Unbalance { .. } => "unbalance",
             DisturbanceKind::ThermalDrift(_) => "thermal_drift",
+            DisturbanceKind::Replay(_) => "replay",
         }
     }
 
@@ -235,7 +336,52 @@ impl Disturbance {
         self.at + self.kind.duration()
     }
 
+    /// The instant a trip is attributed to: `at`, or for a replay its recording's trigger
+    /// (`at + trigger`, kept inside the window), so a replayed disturbance keeps its onset.
+    pub fn onset(&self) -> Seconds {
+        match &self.kind {
+            DisturbanceKind::Replay(r) => self.at + r.trigger.clamp(0.0, r.duration.max(0.0)),
+            _ => self.at,
+        }
+    }
+
     pub fn applies_to_group(&self, group: usize) -> bool {
         self.groups.is_empty() || self.groups.contains(&group)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_values_interpolate_and_stop_at_the_end() {
+        let r = Replay::new(
+            [Some(Arc::from(vec![0.0_f32, 10.0, 20.0])), None, None],
+            100.0,
+            0.015,
+            "x.cfg".into(),
+        );
+        assert_eq!(r.duration, 0.03);
+        assert_eq!(r.value(0, 0.0), Some(0.0));
+        assert!((r.value(0, 0.005).unwrap() - 5.0).abs() < 1e-9);
+        assert_eq!(r.value(0, 0.01), Some(10.0));
+        // Inside the last sample's slot: hold.
+        assert_eq!(r.value(0, 0.025), Some(20.0));
+        assert_eq!(r.value(0, 0.03), None);
+        assert_eq!(r.value(0, -0.001), None);
+        assert_eq!(r.value(0, f64::NAN), None);
+        assert_eq!(r.value(1, 0.01), None);
+        assert_eq!(r.value(7, 0.01), None);
+        let d = Disturbance {
+            at: 1.0,
+            point_on_wave_deg: None,
+            phases: PhaseSet::ALL,
+            groups: vec![],
+            kind: DisturbanceKind::Replay(r),
+        };
+        assert_eq!((d.onset(), d.end()), (1.015, 1.03));
+        assert!(format!("{d:?}").contains("samples: [Some(3), None, None]"));
     }
 }

@@ -127,12 +127,13 @@ pub fn run(scenario: &Scenario, file: &str) -> ScenarioOutcome {
 pub type Window = (Seconds, Seconds);
 
 /// Windows (onset, end) of the voltage disturbances that apply to `group` and `phase`, sorted by
-/// onset. Network faults and noise are not onsets.
+/// onset ([`Disturbance::onset`]: a replay's is its recording's trigger). Network faults and
+/// noise are not onsets.
 pub fn voltage_onsets(scenario: &Scenario, group: usize, phase: Phase) -> Vec<Window> {
     let mut windows: Vec<Window> = resolved_disturbances(scenario, group)
         .iter()
         .filter(|d| d.kind.is_voltage_onset() && d.phases.contains(phase))
-        .map(|d| (d.at, d.end()))
+        .map(|d| (d.onset(), d.end()))
         .collect();
     windows.sort_by(|a, b| a.0.total_cmp(&b.0));
     windows
@@ -806,7 +807,7 @@ pub fn event_waveforms(scenario: &Scenario, group: usize) -> Vec<EventWaveform> 
     let mut onsets: Vec<Seconds> = resolved_disturbances(scenario, group)
         .iter()
         .filter(|d| d.kind.is_voltage_onset())
-        .map(|d| d.at)
+        .map(|d| d.onset())
         .filter(|t| t.is_finite() && *t >= 0.0 && *t < scenario.duration)
         .collect();
     onsets.sort_by(f64::total_cmp);

@@ -11,7 +11,8 @@
 //! - notch windows are placed on the affected channel's own fundamental angle, their width
 //!   converted to angle at nominal frequency;
 //! - v = √2·U·E(t)·[sin θ + Σ a_h sin(hθ + φ_h)] + interharmonics + transients, then notches,
-//!   then DC offset, then noise.
+//!   then DC offset, then noise; inside a replay window, the replayed samples (interpolated)
+//!   replace all of it on the channels the replay carries.
 //!
 //! The synthesizer works in chunks of up to 512 samples on a fixed grid of sample indices, split
 //! at every model edge; inside a chunk the fundamental and each harmonic come from phasor
@@ -495,6 +496,9 @@ impl SupplyModel {
     /// Exact instantaneous voltage of channel `ch` at `t`, V, without noise (the slow
     /// reference that [`Synthesizer`] is tested against).
     pub fn voltage_at(&self, ch: usize, t: Seconds) -> f64 {
+        if let Some(v) = self.replayed(ch, t) {
+            return v;
+        }
         let theta = self.carrier_angle(ch, t);
         let mut c = theta.sin();
         self.for_each_harmonic(ch, t, |h, a, phi| {
@@ -502,6 +506,29 @@ impl SupplyModel {
         });
         let v = self.nominal_peak() * self.envelope(ch, t) * c + self.additive_at(ch, t);
         self.notch_and_dc(ch, t, theta, v)
+    }
+
+    /// The replayed voltage of channel `ch` at `t` when a replay covers it (the last one
+    /// listed wins), V.
+    pub fn replayed(&self, ch: usize, t: Seconds) -> Option<f64> {
+        let mut out = None;
+        for d in &self.disturbances {
+            if let DisturbanceKind::Replay(r) = &d.kind {
+                if d.phases.contains_index(ch) && is_active(d, t) {
+                    out = r.value(ch, t - d.at).or(out);
+                }
+            }
+        }
+        out
+    }
+
+    /// True when a replay window is open on channel `ch` at `t`.
+    fn replay_active(&self, ch: usize, t: Seconds) -> bool {
+        self.disturbances.iter().any(|d| {
+            matches!(d.kind, DisturbanceKind::Replay(_))
+                && d.phases.contains_index(ch)
+                && is_active(d, t)
+        })
     }
 
     /// Load current of channel `ch` at `t`, A (constant impedance: follows the envelope and
@@ -1036,6 +1063,15 @@ impl Synthesizer {
                         v += sigma * z;
                     }
                     out[i] = v as f32;
+                }
+            }
+
+            // Replays replace the voltage (replay windows start and end on chunk edges).
+            if model.replay_active(ch, t0) {
+                for (i, o) in out.iter_mut().enumerate() {
+                    if let Some(v) = model.replayed(ch, time(i)) {
+                        *o = v as f32;
+                    }
                 }
             }
 
@@ -1651,5 +1687,49 @@ pub(crate) mod tests {
         syn.fill(&mut block, 64);
         assert!(block.current[0].iter().all(|&x| x == 0.0));
         assert!(block.voltage[0][10] != 0.0);
+    }
+
+    #[test]
+    fn replay_replaces_the_voltage_inside_its_window_for_any_block_size() {
+        use crate::disturbance::Replay;
+        use std::sync::Arc;
+        // A 2 kHz recording on L2 only, played into a 12.8 kHz synthesis at 0.1 s.
+        let rec: Vec<f32> = (0..100).map(|j| 100.0 + j as f32).collect();
+        let replay = Replay::new([None, Some(Arc::from(rec)), None], 2000.0, 0.0, "t".into());
+        let g = grid(50.0, PhaseSystem::ThreePhase, 12_800.0);
+        let ds = vec![dist(0.1, PhaseSet::ALL, DisturbanceKind::Replay(replay))];
+        let model = SupplyModel::new(&g, ds);
+        let plain = SupplyModel::new(&g, vec![]);
+        let total = 12_800 / 4; // 0.25 s
+        let run = |block: usize| {
+            let mut s = Synthesizer::new(model.clone(), 7);
+            let mut b = SampleBlock::new(3, block, 12_800.0, true);
+            let mut v = vec![Vec::new(); 3];
+            while (s.position() as usize) < total {
+                let n = block.min(total - s.position() as usize);
+                s.fill(&mut b, n);
+                for (out, ch) in v.iter_mut().zip(&b.voltage) {
+                    out.extend_from_slice(&ch[..n]);
+                }
+            }
+            v
+        };
+        let a = run(4096);
+        assert_eq!(a, run(97));
+        assert_eq!(a[1].len(), total);
+        for (k, (&l1, &l2)) in a[0].iter().zip(&a[1]).enumerate() {
+            let t = k as f64 / 12_800.0;
+            let tau = t - 0.1;
+            // Sample j (= 100 + j V) at j / 2000 s: linear in time, so interpolation gives
+            // 100 + 2000·τ, holding the last sample (199) for its slot; window 100 / 2000 s.
+            let expect_l2 = if (0.0..0.05).contains(&tau) {
+                (100.0 + (tau * 2000.0).min(99.0)) as f32
+            } else {
+                plain.voltage_at(1, t) as f32
+            };
+            assert!((l2 - expect_l2).abs() < 1e-3, "k {k}: {l2} vs {expect_l2}");
+            assert!((l1 - plain.voltage_at(0, t) as f32).abs() < 1e-3);
+            assert!((f64::from(l2) - model.voltage_at(1, t)).abs() < 1e-3);
+        }
     }
 }

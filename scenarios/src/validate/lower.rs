@@ -3,9 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use sim_core::disturbance::{
-    Conductor, Disturbance, DisturbanceKind, FlickerShape, Harmonic, RmsVariation, ThermalDrift,
+    Conductor, Disturbance, DisturbanceKind, FlickerShape, Harmonic, Replay, RmsVariation,
+    ThermalDrift,
 };
 use sim_core::encoding::{RegisterEncoding, WordOrder};
 use sim_core::grid::{GridSpec, LoadSpec, Phase, PhaseSet, PhaseSystem};
@@ -838,6 +840,7 @@ impl Cx<'_> {
             ev.rf_loss.is_some(),
             ev.latency.is_some(),
             ev.packet_loss.is_some(),
+            ev.replay.is_some(),
         ]
         .into_iter()
         .zip(EVENT_KINDS)
@@ -1120,6 +1123,17 @@ impl Cx<'_> {
                 None,
                 DisturbanceKind::ThermalDrift(t),
             );
+        } else if let Some(x) = &ev.replay {
+            let groups = self.group_list(&kp, &x.groups);
+            if let Some((phases, replay)) = self.replay(&kp, x, &groups) {
+                dist.push(Disturbance {
+                    at,
+                    point_on_wave_deg: None,
+                    phases,
+                    groups,
+                    kind: DisturbanceKind::Replay(replay),
+                });
+            }
         } else if let Some(x) = &ev.rf_loss {
             let duration = self.pos_dur(&f("duration"), &x.duration);
             let groups = self.group_list(&kp, &x.groups);
@@ -1163,6 +1177,148 @@ impl Cx<'_> {
                 kind: NetworkEventKind::Loss { probability },
             });
         }
+    }
+
+    /// A `replay`: refuse `rms` groups, check the phase map against the grid, read the
+    /// recording (path relative to the scenario file) and lower the mapped channels to volts.
+    fn replay(&mut self, kp: &str, x: &ReplayDto, groups: &[usize]) -> Option<(PhaseSet, Replay)> {
+        let before = self.diags.len();
+        let rms: Vec<String> = (0..self.groups.len())
+            .filter(|g| groups.is_empty() || groups.contains(g))
+            .filter(|&g| self.fidelities.get(g) == Some(&Fidelity::Rms))
+            .map(|g| format!("`{}`", self.groups[g]))
+            .collect();
+        if !rms.is_empty() {
+            self.err(
+                kp,
+                format!(
+                    "group {} has `fidelity: rms`, which cannot replay a recording (its \
+                     half-cycle values come from the disturbance model, not from samples); \
+                     use `fidelity: waveform` or name the waveform groups in `groups`",
+                    rms.join(", ")
+                ),
+            );
+        }
+        let scale = x.scale.map_or(1.0, |v| {
+            self.left_open(&format!("{kp}.scale"), v, 0.0, 10_000.0)
+        });
+        let wanted: Vec<(Phase, &String)> = [&x.channels.L1, &x.channels.L2, &x.channels.L3]
+            .into_iter()
+            .zip(Phase::ALL)
+            .filter_map(|(c, p)| c.as_ref().map(|c| (p, c)))
+            .collect();
+        if wanted.is_empty() {
+            self.err(
+                &format!("{kp}.channels"),
+                "must map at least one phase to a recording channel, e.g. `{ L1: VA }`",
+            );
+        }
+        let mut mapped = Vec::new();
+        for (p, c) in &wanted {
+            if p.index() >= self.system.channels() {
+                let have: Vec<&str> = self.grid_phases().iter().map(Phase::name).collect();
+                self.err(
+                    &format!("{kp}.channels.{p}"),
+                    format!(
+                        "phase {p} does not exist on a {} grid (phases: {})",
+                        self.system_name(),
+                        have.join(", ")
+                    ),
+                );
+            } else {
+                mapped.push((*p, c.as_str()));
+            }
+        }
+        let cfg_path = self
+            .file
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(&x.comtrade);
+        let comtrade = format!("{kp}.comtrade");
+        let data = match reports::comtrade_read::read(&cfg_path) {
+            Ok(d) => d,
+            Err(e) => {
+                self.err(&comtrade, format!("cannot replay the recording: {e}"));
+                return None;
+            }
+        };
+        let cfg = &data.config;
+        let shown = cfg_path.display();
+        let Some(rate) = cfg.uniform_rate() else {
+            // The `nrates` line follows the station, count, channel and frequency lines.
+            let line = 4 + cfg.analog.len() + cfg.digital;
+            self.err(
+                &comtrade,
+                format!(
+                    "cannot replay the recording: {shown}:{line}: nrates: {} sampling rates; a \
+                     replay needs a single rate",
+                    cfg.rates.len()
+                ),
+            );
+            return None;
+        };
+        let mut channels: [Option<Arc<[f32]>>; 3] = [None, None, None];
+        for (p, id) in mapped {
+            let path = format!("{kp}.channels.{p}");
+            let Some(i) = cfg.analog_index(id) else {
+                let ids: Vec<&str> = cfg.analog.iter().map(|c| c.id.as_str()).collect();
+                self.err(
+                    &path,
+                    format!(
+                        "no analog channel `{id}` in {shown}; its channels: {}",
+                        ids.join(", ")
+                    ),
+                );
+                continue;
+            };
+            let info = &cfg.analog[i];
+            // The analog lines start on line 3.
+            let line = 3 + i;
+            let unit = match info.unit.to_ascii_lowercase().as_str() {
+                "v" => 1.0,
+                "kv" => 1000.0,
+                "mv" => 0.001,
+                _ => {
+                    self.err(
+                        &path,
+                        format!(
+                            "{shown}:{line}: uu: channel `{id}` is in `{}`, not volts (V, kV or mV)",
+                            info.unit
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let values = &data.values[i];
+            if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+                self.err(
+                    &path,
+                    format!(
+                        "{}: channel `{id}` has no value at sample {} (a missing-value \
+                         marker); a replay needs every sample",
+                        reports::comtrade_read::dat_path(&cfg_path).display(),
+                        k + 1
+                    ),
+                );
+                continue;
+            }
+            let k = unit * scale;
+            channels[p.index()] = Some(values.iter().map(|v| (v * k) as f32).collect());
+        }
+        if self.diags.len() != before {
+            return None;
+        }
+        let phases = PhaseSet::of(
+            &Phase::ALL
+                .into_iter()
+                .filter(|p| channels[p.index()].is_some())
+                .collect::<Vec<_>>(),
+        );
+        let trigger = cfg.trigger.since(&cfg.start);
+        Some((
+            phases,
+            Replay::new(channels, rate, trigger, cfg_path.display().to_string()),
+        ))
     }
 
     /// The hottest temperature of a thermal drift over its effective length (its duration,
