@@ -85,17 +85,24 @@ fn report_dir_holds_summary_results_and_junit() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "fixture-sag-trips-feeder-a-event-1.svg",
-            "fixture-sag-trips-feeder-a-latency-cdf.svg",
-            "fixture-sag-trips-feeder-a-rms.svg",
-            "fixture-sag-trips-feeder-a-thd.svg",
-            "fixture-sag-trips-fleet-trips.svg",
-            "fixture-steady-feeder-b-rms.svg",
-        ]
-    );
+    let stems = [
+        "fixture-sag-trips-feeder-a-event-1",
+        "fixture-sag-trips-feeder-a-latency-cdf",
+        "fixture-sag-trips-feeder-a-rms",
+        "fixture-sag-trips-feeder-a-thd",
+        "fixture-sag-trips-fleet-trips",
+        "fixture-steady-feeder-b-rms",
+    ];
+    let mut want: Vec<String> = stems
+        .iter()
+        .flat_map(|s| [format!("{s}.png"), format!("{s}.svg")])
+        .collect();
+    want.sort();
+    assert_eq!(names, want, "an SVG and a PNG of every plot");
+    for stem in stems {
+        let png = std::fs::read(plots.join(format!("{stem}.png"))).unwrap();
+        assert_eq!(png_size(&png), Some(reports::plots::PNG_SIZE), "{stem}.png");
+    }
     let rms = std::fs::read_to_string(plots.join("fixture-sag-trips-feeder-a-rms.svg")).unwrap();
     assert!(rms.starts_with("<svg "), "{rms}");
     assert!(rms.contains("fixture-sag-trips — feeder-a: RMS trend"));
@@ -405,6 +412,8 @@ fn plots_of_an_earlier_run_are_removed_and_other_files_kept() {
     std::fs::create_dir_all(&plots).unwrap();
     let stale = plots.join("old-scenario-feeder-z-rms.svg");
     std::fs::write(&stale, "<svg/>").unwrap();
+    let stale_png = plots.join("old-scenario-feeder-z-rms.png");
+    std::fs::write(&stale_png, b"\x89PNG").unwrap();
     let notes = plots.join("notes.txt");
     std::fs::write(&notes, "mine").unwrap();
     let out = gridloop(&[
@@ -416,17 +425,31 @@ fn plots_of_an_earlier_run_are_removed_and_other_files_kept() {
     ]);
     assert_code(&out, exit::SUCCESS);
     assert!(!stale.exists(), "a plot this run did not draw is gone");
+    assert!(!stale_png.exists(), "a PNG this run did not draw is gone");
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
     assert!(plots.join("fixture-steady-feeder-b-rms.svg").exists());
-    let svgs = std::fs::read_dir(&plots)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "svg")
-        })
-        .count();
-    assert_eq!(svgs, 6);
+    assert!(plots.join("fixture-steady-feeder-b-rms.png").exists());
+    let count = |ext: &str| {
+        std::fs::read_dir(&plots)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == ext)
+            })
+            .count()
+    };
+    assert_eq!((count("svg"), count("png")), (6, 6));
+}
+
+/// (width, height) from a PNG file's signature and IHDR chunk; `None` when it is not a PNG.
+fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let signature = b"\x89PNG\r\n\x1a\n";
+    if bytes.len() < 24 || &bytes[..8] != signature || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    Some((word(16), word(20)))
 }

@@ -1,5 +1,5 @@
 //! The HTML report (`index.html`): one self-contained page a QA lead opens — inline CSS, plots
-//! as inline SVG, no scripts, nothing fetched from the network. A verdict title, a table of
+//! as inline SVG (each linked to its `.svg` and `.png` file in `plots/`), no scripts, nothing fetched from the network. A verdict title, a table of
 //! scenarios, a table of every expectation with expected against measured and its verdict
 //! (each row links to its scenario's section), the command that reproduces the run, and per
 //! scenario: file, seed, the command that reproduces it, its expectations with details, run
@@ -12,7 +12,7 @@ use std::io::Write;
 use sim_core::outcome::ScenarioOutcome;
 
 use crate::markdown::{run_command, scenario_command};
-use crate::plots::{file_part, scenario_plots, PlotFile};
+use crate::plots::{file_part, scenario_plots, scenario_plots_with_png, PlotFile};
 use crate::{format_duration, ReportError, Reporter, RunEvent, RunSummary};
 
 /// Folder of the plot files, relative to `index.html`.
@@ -60,12 +60,25 @@ impl<W: Write> Reporter for HtmlReporter<W> {
 }
 
 /// Every scenario's plots (in outcome order), with file names unique across the run: a name
-/// taken by an earlier scenario gets `-2`, `-3`, … before `.svg`.
+/// taken by an earlier scenario gets `-2`, `-3`, … before `.svg`. SVG only.
 pub fn run_plots(summary: &RunSummary) -> Result<Vec<Vec<PlotFile>>, ReportError> {
+    unique_plots(summary, scenario_plots)
+}
+
+/// [`run_plots`] with every plot also rendered as a PNG ([`PlotFile::png`], saved as
+/// [`PlotFile::png_name`]).
+pub fn run_plots_with_png(summary: &RunSummary) -> Result<Vec<Vec<PlotFile>>, ReportError> {
+    unique_plots(summary, scenario_plots_with_png)
+}
+
+fn unique_plots(
+    summary: &RunSummary,
+    render: fn(&ScenarioOutcome) -> Result<Vec<PlotFile>, ReportError>,
+) -> Result<Vec<Vec<PlotFile>>, ReportError> {
     let mut taken: Vec<String> = Vec::new();
     let mut all = Vec::with_capacity(summary.outcomes.len());
     for o in &summary.outcomes {
-        let mut files = scenario_plots(o)?;
+        let mut files = render(o)?;
         for f in &mut files {
             let stem = f.name.trim_end_matches(".svg").to_owned();
             let mut k = 1;
@@ -250,11 +263,13 @@ fn scenario_section(h: &mut String, index: usize, o: &ScenarioOutcome, plots: &[
         h.push_str("<figure>\n");
         h.push_str(&p.svg);
         h.push_str(&format!(
-            "<figcaption>{} — {} (<a href=\"{PLOTS_DIR}/{}\">{}</a>)</figcaption>\n</figure>\n",
+            "<figcaption>{} — {} (<a href=\"{PLOTS_DIR}/{}\">{}</a>, \
+             <a href=\"{PLOTS_DIR}/{}\">PNG</a>)</figcaption>\n</figure>\n",
             escape(&p.group),
             escape(p.title),
             escape(&p.name),
-            escape(&p.name)
+            escape(&p.name),
+            escape(&p.png_name())
         ));
     }
 
