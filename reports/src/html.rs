@@ -9,11 +9,11 @@
 
 use std::io::Write;
 
-use sim_core::outcome::ScenarioOutcome;
+use sim_core::outcome::{ScenarioOutcome, EVENT_WAVEFORM_NOISE_DRAWS_MAX};
 
 use crate::markdown::{run_command, scenario_command};
 use crate::plots::{file_part, scenario_plots, scenario_plots_with_png, PlotFile};
-use crate::{format_duration, ReportError, Reporter, RunEvent, RunSummary};
+use crate::{format_duration, trim_decimals, ReportError, Reporter, RunEvent, RunSummary};
 
 /// Folder of the plot files, relative to `index.html`.
 pub const PLOTS_DIR: &str = "plots";
@@ -272,6 +272,16 @@ fn scenario_section(h: &mut String, index: usize, o: &ScenarioOutcome, plots: &[
             escape(&p.png_name())
         ));
     }
+    for g in &o.plots.groups {
+        for (onset, draws) in &g.event_waveforms_omitted {
+            h.push_str(&format!(
+                "<p class=\"meta\">{}: no event waveform for the onset at {} s: reaching it \
+                 would replay {draws} noise draws, over the cap of {EVENT_WAVEFORM_NOISE_DRAWS_MAX}.</p>\n",
+                escape(&g.name),
+                trim_decimals(*onset, 4)
+            ));
+        }
+    }
 
     if !o.timeline.is_empty() {
         h.push_str("<h3>Timeline</h3>\n<table>\n<thead><tr><th>Grid time</th><th>What</th></tr></thead>\n<tbody>\n");
@@ -394,5 +404,19 @@ mod tests {
         let html = index_html(&summary, &plots);
         assert!(html.contains("<section id=\"s2-sag-70pct-10-cycles\">"));
         assert!(html.contains("href=\"plots/sag-70pct-10-cycles-feeder-a-rms-2.svg\""));
+    }
+
+    #[test]
+    fn plots_link_their_png_and_omitted_waveforms_are_named() {
+        let mut o = testdata::passing();
+        o.plots.groups[0].event_waveforms_omitted = vec![(95.0042, 301_234_567)];
+        let summary = RunSummary::new(vec![o], None);
+        let plots = run_plots(&summary).unwrap();
+        let html = index_html(&summary, &plots);
+        assert!(html.contains("<a href=\"plots/sag-70pct-10-cycles-feeder-a-rms.png\">PNG</a>"));
+        assert!(html.contains(
+            "feeder-a: no event waveform for the onset at 95.0042 s: reaching it would replay \
+             301234567 noise draws, over the cap of 200000000."
+        ));
     }
 }
