@@ -113,6 +113,92 @@ fn report_dir_holds_summary_results_and_junit() {
 }
 
 #[test]
+fn event_waveform_of_a_sag_at_90_s_shows_the_dip_at_the_onset() {
+    let dir = scratch("late-sag");
+    let scenario = dir.join("late-sag.yaml");
+    std::fs::write(
+        &scenario,
+        "schema: 1
+name: late-sag
+description: A sag to 0.5 pu on L1 at 90 s, with noise from 30 s.
+seed: 7
+duration: 100s
+grid: { nominal: 240.0, frequency: 60.0, phases: 3, sample_rate: 7680 }
+meters:
+  - group: feeder
+    count: 1
+    substation: sub-01
+    fidelity: rms
+    thresholds: { upper: 252.0, lower: 210.0, hysteresis: 2.0 }
+events:
+  - { at: 30s, noise: { rms: 0.002, duration: 70s } }
+  - { at: 90s, sag: { phases: [L1], residual: 0.5, duration: 12cycles, point_on_wave: 90 } }
+expect:
+  - no_flapping: { max_trips_per_meter: 1 }
+",
+    )
+    .unwrap();
+    let report = dir.join("out");
+    let out = gridloop(&[
+        "run",
+        path_arg(&scenario),
+        "--quiet",
+        "--report",
+        path_arg(&report),
+    ]);
+    assert_code(&out, exit::SUCCESS);
+    let plots = report.join("plots");
+    assert!(plots.join("late-sag-feeder-event-1.png").exists());
+    let svg = std::fs::read_to_string(plots.join("late-sag-feeder-event-1.svg")).unwrap();
+    assert!(svg.contains("waveform at the onset at 90.0042 s"), "{svg}");
+    assert!(svg.contains("onset at 90.0042 s"));
+    // The onset line: the vertical red polyline. L1 (blue) reaches the nominal peak before it
+    // and only about half of it from one cycle after it: its highest point (smallest y) after
+    // the onset is far lower on the page.
+    let polylines = |stroke: &str| -> Vec<Vec<(f64, f64)>> {
+        svg.match_indices("<polyline ")
+            .map(|(i, _)| &svg[i..i + svg[i..].find("/>").unwrap()])
+            .filter(|tag| tag.contains(&format!("stroke=\"{stroke}\"")))
+            .map(|tag| {
+                let start = tag.find("points=\"").unwrap() + 8;
+                let end = start + tag[start..].find('"').unwrap();
+                tag[start..end]
+                    .split_whitespace()
+                    .map(|p| {
+                        let (x, y) = p.split_once(',').unwrap();
+                        (x.parse().unwrap(), y.parse().unwrap())
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let onset = polylines("#C80000")
+        .into_iter()
+        .find(|l| l.len() == 2 && l[0].0 == l[1].0)
+        .expect("a vertical onset line");
+    let x0 = onset[0].0;
+    let l1 = polylines("#1F77B4")
+        .into_iter()
+        .max_by_key(Vec::len)
+        .expect("the L1 line");
+    let top = |keep: &dyn Fn(f64) -> bool| {
+        l1.iter()
+            .filter(|p| keep(p.0))
+            .map(|p| p.1)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let before = top(&|x| x < x0 - 2.0);
+    // One cycle is 1/8 of the 8-cycle window drawn over the plot's width.
+    let cycle_px = (l1.last().unwrap().0 - l1[0].0) / 8.0;
+    let after = top(&|x| x > x0 + cycle_px);
+    assert!(before.is_finite() && after.is_finite());
+    assert!(
+        after - before > 40.0,
+        "peak y before {before}, after {after}"
+    );
+}
+
+#[test]
 fn report_has_event_waveform_and_thd_plots_for_library_sag_and_harmonics() {
     let dir = scratch("wave").join("out");
     let out = gridloop(&[
