@@ -1,4 +1,4 @@
-//! SVG plots of a scenario run, drawn with plotters from the outcome's
+//! Plots of a scenario run (SVG, and PNG on request), drawn with plotters from the outcome's
 //! [`PlotData`](sim_core::outcome::PlotData):
 //!
 //! - the **RMS trend** of each group's probe meter: the 10/12-cycle RMS per phase against time
@@ -15,9 +15,10 @@
 //! - for fleets (more than one meter), **trips per group over time**: each group's cumulative
 //!   count of trips at all its meters.
 //!
-//! Axis labels carry units and every plot has a legend. Text stays text (`<text>` elements,
-//! `sans-serif`), so the SVG needs no font files. Deterministic: the same outcome gives the
-//! same bytes.
+//! Axis labels carry units and every plot has a legend. Each plot is drawn by one function
+//! generic over the plotters backend: as SVG its text stays text (`<text>` elements, family
+//! [`FONT`]), as PNG ([`PNG_SIZE`]) it is rasterized from [`EMBEDDED_FONT`], compiled in, so
+//! rendering needs no system fonts. Deterministic: the same outcome gives the same bytes.
 
 use std::io::Write;
 use std::sync::OnceLock;
