@@ -1,6 +1,6 @@
 //! `gridloop run --report DIR`: the report directory with `summary.md` (Markdown for a CI job
 //! summary or a pull-request comment), `results.json`, `junit.xml`, the self-contained
-//! `index.html`, and `plots/` with each scenario's SVG plots (per group: the RMS trend, the
+//! `index.html`, and `plots/` with each scenario's plots, each as SVG and PNG (per group: the RMS trend, the
 //! alarm-latency CDF when trip alarms were raised, THD over time when it is not 0 and the
 //! waveform around each of the first disturbance onsets; per fleet, trips over time). Plots an
 //! earlier run left there and this one did not draw are removed.
@@ -23,8 +23,11 @@ pub const RESULTS_JSON: &str = "results.json";
 pub const JUNIT_XML: &str = "junit.xml";
 /// File name of the HTML report inside the report directory.
 pub const INDEX_HTML: &str = "index.html";
-/// Folder of the SVG plots inside the report directory.
+/// Folder of the SVG and PNG plots inside the report directory.
 pub const PLOTS_DIR: &str = reports::html::PLOTS_DIR;
+
+/// Extensions of the plot files in [`PLOTS_DIR`] (the ones a stale-plot prune removes).
+pub const PLOT_EXTENSIONS: [&str; 2] = ["svg", "png"];
 
 /// A reporter and the path it writes, for error messages.
 pub type FileReporter = (String, Box<dyn Reporter>);
@@ -35,7 +38,7 @@ pub type FileReporter = (String, Box<dyn Reporter>);
 pub struct StagedReporters {
     pub reporters: Vec<FileReporter>,
     pub files: Vec<StagedFile>,
-    /// A plots folder whose `*.svg` files that this run did not write are removed on commit
+    /// A plots folder whose `*.svg` and `*.png` files that this run did not write are removed on commit
     /// (plots of scenarios or groups an earlier run had), so the folder matches the report.
     pub prune_plots: Option<PathBuf>,
 }
@@ -85,15 +88,15 @@ impl StagedReporters {
             written.insert(dest);
         }
         if let Some(folder) = &self.prune_plots {
-            remove_stale_svgs(folder, &written)?;
+            remove_stale_plots(folder, &written)?;
         }
         Ok(())
     }
 }
 
-/// Remove the `*.svg` files directly in `folder` that are not in `keep` (other files and
-/// folders are the user's and stay). A missing folder has nothing to remove.
-fn remove_stale_svgs(folder: &Path, keep: &HashSet<PathBuf>) -> Result<(), Failure> {
+/// Remove the `*.svg` and `*.png` files directly in `folder` that are not in `keep` (other
+/// files and folders are the user's and stay). A missing folder has nothing to remove.
+fn remove_stale_plots(folder: &Path, keep: &HashSet<PathBuf>) -> Result<(), Failure> {
     let entries = match std::fs::read_dir(folder) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -105,8 +108,11 @@ fn remove_stale_svgs(folder: &Path, keep: &HashSet<PathBuf>) -> Result<(), Failu
         let path = entry
             .or_exit(ENVIRONMENT, || format!("cannot list {}", folder.display()))?
             .path();
-        let is_svg = path.extension().is_some_and(|e| e == "svg") && path.is_file();
-        if is_svg && !keep.contains(&path) {
+        let is_plot = path
+            .extension()
+            .is_some_and(|e| PLOT_EXTENSIONS.iter().any(|x| e == *x))
+            && path.is_file();
+        if is_plot && !keep.contains(&path) {
             std::fs::remove_file(&path).or_exit(ENVIRONMENT, || {
                 format!("cannot remove the stale plot {}", path.display())
             })?;
@@ -133,7 +139,7 @@ pub fn open(dir: &Path, into: &mut StagedReporters) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Stage every scenario's plots as `DIR/plots/<name>.svg` (renamed into place with the other
+/// Stage every scenario's plots as `DIR/plots/<name>.svg` and `DIR/plots/<name>.png` (renamed into place with the other
 /// files by [`StagedReporters::commit`]); exit 3 naming the folder or file that cannot be
 /// written.
 pub fn stage_plots(
@@ -141,7 +147,7 @@ pub fn stage_plots(
     summary: &RunSummary,
     into: &mut StagedReporters,
 ) -> Result<(), Failure> {
-    let plots = reports::html::run_plots(summary)
+    let plots = reports::html::run_plots_with_png(summary)
         .or_exit(ENVIRONMENT, || "cannot draw the plots".to_owned())?;
     if plots.iter().all(Vec::is_empty) {
         return Ok(());
@@ -151,16 +157,23 @@ pub fn stage_plots(
         format!("cannot create the plots folder {}", folder.display())
     })?;
     for plot in plots.iter().flatten() {
-        let path = folder.join(&plot.name);
-        let what = || format!("cannot write the plot {}", path.display());
-        let (staged, file) = StagedFile::create(&path).or_exit(ENVIRONMENT, what)?;
-        into.files.push(staged);
-        let mut out = BufWriter::new(file);
-        out.write_all(plot.svg.as_bytes())
-            .and_then(|()| out.flush())
-            .or_exit(ENVIRONMENT, what)?;
+        stage_file(&folder.join(&plot.name), plot.svg.as_bytes(), into)?;
+        if let Some(png) = &plot.png {
+            stage_file(&folder.join(plot.png_name()), png, into)?;
+        }
     }
     Ok(())
+}
+
+/// Stage `bytes` as `path` (renamed into place by [`StagedReporters::commit`]).
+fn stage_file(path: &Path, bytes: &[u8], into: &mut StagedReporters) -> Result<(), Failure> {
+    let what = || format!("cannot write the plot {}", path.display());
+    let (staged, file) = StagedFile::create(path).or_exit(ENVIRONMENT, what)?;
+    into.files.push(staged);
+    let mut out = BufWriter::new(file);
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .or_exit(ENVIRONMENT, what)
 }
 
 /// This process's command line as a shell would take it back: `gridloop` and every argument,

@@ -85,17 +85,24 @@ fn report_dir_holds_summary_results_and_junit() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "fixture-sag-trips-feeder-a-event-1.svg",
-            "fixture-sag-trips-feeder-a-latency-cdf.svg",
-            "fixture-sag-trips-feeder-a-rms.svg",
-            "fixture-sag-trips-feeder-a-thd.svg",
-            "fixture-sag-trips-fleet-trips.svg",
-            "fixture-steady-feeder-b-rms.svg",
-        ]
-    );
+    let stems = [
+        "fixture-sag-trips-feeder-a-event-1",
+        "fixture-sag-trips-feeder-a-latency-cdf",
+        "fixture-sag-trips-feeder-a-rms",
+        "fixture-sag-trips-feeder-a-thd",
+        "fixture-sag-trips-fleet-trips",
+        "fixture-steady-feeder-b-rms",
+    ];
+    let mut want: Vec<String> = stems
+        .iter()
+        .flat_map(|s| [format!("{s}.png"), format!("{s}.svg")])
+        .collect();
+    want.sort();
+    assert_eq!(names, want, "an SVG and a PNG of every plot");
+    for stem in stems {
+        let png = std::fs::read(plots.join(format!("{stem}.png"))).unwrap();
+        assert_eq!(png_size(&png), Some(reports::plots::PNG_SIZE), "{stem}.png");
+    }
     let rms = std::fs::read_to_string(plots.join("fixture-sag-trips-feeder-a-rms.svg")).unwrap();
     assert!(rms.starts_with("<svg "), "{rms}");
     assert!(rms.contains("fixture-sag-trips — feeder-a: RMS trend"));
@@ -103,6 +110,92 @@ fn report_dir_holds_summary_results_and_junit() {
     assert!(rms.contains("10/12-cycle RMS (V)"));
     assert!(html.contains(&rms), "the plot file is the inline SVG");
     assert_eq!(html.matches("<svg ").count(), 6);
+}
+
+#[test]
+fn event_waveform_of_a_sag_at_90_s_shows_the_dip_at_the_onset() {
+    let dir = scratch("late-sag");
+    let scenario = dir.join("late-sag.yaml");
+    std::fs::write(
+        &scenario,
+        "schema: 1
+name: late-sag
+description: A sag to 0.5 pu on L1 at 90 s, with noise from 30 s.
+seed: 7
+duration: 100s
+grid: { nominal: 240.0, frequency: 60.0, phases: 3, sample_rate: 7680 }
+meters:
+  - group: feeder
+    count: 1
+    substation: sub-01
+    fidelity: rms
+    thresholds: { upper: 252.0, lower: 210.0, hysteresis: 2.0 }
+events:
+  - { at: 30s, noise: { rms: 0.002, duration: 70s } }
+  - { at: 90s, sag: { phases: [L1], residual: 0.5, duration: 12cycles, point_on_wave: 90 } }
+expect:
+  - no_flapping: { max_trips_per_meter: 1 }
+",
+    )
+    .unwrap();
+    let report = dir.join("out");
+    let out = gridloop(&[
+        "run",
+        path_arg(&scenario),
+        "--quiet",
+        "--report",
+        path_arg(&report),
+    ]);
+    assert_code(&out, exit::SUCCESS);
+    let plots = report.join("plots");
+    assert!(plots.join("late-sag-feeder-event-1.png").exists());
+    let svg = std::fs::read_to_string(plots.join("late-sag-feeder-event-1.svg")).unwrap();
+    assert!(svg.contains("waveform at the onset at 90.0042 s"), "{svg}");
+    assert!(svg.contains("onset at 90.0042 s"));
+    // The onset line: the vertical red polyline. L1 (blue) reaches the nominal peak before it
+    // and only about half of it from one cycle after it: its highest point (smallest y) after
+    // the onset is far lower on the page.
+    let polylines = |stroke: &str| -> Vec<Vec<(f64, f64)>> {
+        svg.match_indices("<polyline ")
+            .map(|(i, _)| &svg[i..i + svg[i..].find("/>").unwrap()])
+            .filter(|tag| tag.contains(&format!("stroke=\"{stroke}\"")))
+            .map(|tag| {
+                let start = tag.find("points=\"").unwrap() + 8;
+                let end = start + tag[start..].find('"').unwrap();
+                tag[start..end]
+                    .split_whitespace()
+                    .map(|p| {
+                        let (x, y) = p.split_once(',').unwrap();
+                        (x.parse().unwrap(), y.parse().unwrap())
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let onset = polylines("#C80000")
+        .into_iter()
+        .find(|l| l.len() == 2 && l[0].0 == l[1].0)
+        .expect("a vertical onset line");
+    let x0 = onset[0].0;
+    let l1 = polylines("#1F77B4")
+        .into_iter()
+        .max_by_key(Vec::len)
+        .expect("the L1 line");
+    let top = |keep: &dyn Fn(f64) -> bool| {
+        l1.iter()
+            .filter(|p| keep(p.0))
+            .map(|p| p.1)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let before = top(&|x| x < x0 - 2.0);
+    // One cycle is 1/8 of the 8-cycle window drawn over the plot's width.
+    let cycle_px = (l1.last().unwrap().0 - l1[0].0) / 8.0;
+    let after = top(&|x| x > x0 + cycle_px);
+    assert!(before.is_finite() && after.is_finite());
+    assert!(
+        after - before > 40.0,
+        "peak y before {before}, after {after}"
+    );
 }
 
 #[test]
@@ -405,6 +498,8 @@ fn plots_of_an_earlier_run_are_removed_and_other_files_kept() {
     std::fs::create_dir_all(&plots).unwrap();
     let stale = plots.join("old-scenario-feeder-z-rms.svg");
     std::fs::write(&stale, "<svg/>").unwrap();
+    let stale_png = plots.join("old-scenario-feeder-z-rms.png");
+    std::fs::write(&stale_png, b"\x89PNG").unwrap();
     let notes = plots.join("notes.txt");
     std::fs::write(&notes, "mine").unwrap();
     let out = gridloop(&[
@@ -416,17 +511,31 @@ fn plots_of_an_earlier_run_are_removed_and_other_files_kept() {
     ]);
     assert_code(&out, exit::SUCCESS);
     assert!(!stale.exists(), "a plot this run did not draw is gone");
+    assert!(!stale_png.exists(), "a PNG this run did not draw is gone");
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
     assert!(plots.join("fixture-steady-feeder-b-rms.svg").exists());
-    let svgs = std::fs::read_dir(&plots)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "svg")
-        })
-        .count();
-    assert_eq!(svgs, 6);
+    assert!(plots.join("fixture-steady-feeder-b-rms.png").exists());
+    let count = |ext: &str| {
+        std::fs::read_dir(&plots)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == ext)
+            })
+            .count()
+    };
+    assert_eq!((count("svg"), count("png")), (6, 6));
+}
+
+/// (width, height) from a PNG file's signature and IHDR chunk; `None` when it is not a PNG.
+fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let signature = b"\x89PNG\r\n\x1a\n";
+    if bytes.len() < 24 || &bytes[..8] != signature || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    Some((word(16), word(20)))
 }

@@ -1,5 +1,5 @@
 //! The HTML report (`index.html`): one self-contained page a QA lead opens — inline CSS, plots
-//! as inline SVG, no scripts, nothing fetched from the network. A verdict title, a table of
+//! as inline SVG (each linked to its `.svg` and `.png` file in `plots/`), no scripts, nothing fetched from the network. A verdict title, a table of
 //! scenarios, a table of every expectation with expected against measured and its verdict
 //! (each row links to its scenario's section), the command that reproduces the run, and per
 //! scenario: file, seed, the command that reproduces it, its expectations with details, run
@@ -9,11 +9,11 @@
 
 use std::io::Write;
 
-use sim_core::outcome::ScenarioOutcome;
+use sim_core::outcome::{ScenarioOutcome, EVENT_WAVEFORM_NOISE_DRAWS_MAX};
 
 use crate::markdown::{run_command, scenario_command};
-use crate::plots::{file_part, scenario_plots, PlotFile};
-use crate::{format_duration, ReportError, Reporter, RunEvent, RunSummary};
+use crate::plots::{file_part, scenario_plots, scenario_plots_with_png, PlotFile};
+use crate::{format_duration, trim_decimals, ReportError, Reporter, RunEvent, RunSummary};
 
 /// Folder of the plot files, relative to `index.html`.
 pub const PLOTS_DIR: &str = "plots";
@@ -60,12 +60,25 @@ impl<W: Write> Reporter for HtmlReporter<W> {
 }
 
 /// Every scenario's plots (in outcome order), with file names unique across the run: a name
-/// taken by an earlier scenario gets `-2`, `-3`, … before `.svg`.
+/// taken by an earlier scenario gets `-2`, `-3`, … before `.svg`. SVG only.
 pub fn run_plots(summary: &RunSummary) -> Result<Vec<Vec<PlotFile>>, ReportError> {
+    unique_plots(summary, scenario_plots)
+}
+
+/// [`run_plots`] with every plot also rendered as a PNG ([`PlotFile::png`], saved as
+/// [`PlotFile::png_name`]).
+pub fn run_plots_with_png(summary: &RunSummary) -> Result<Vec<Vec<PlotFile>>, ReportError> {
+    unique_plots(summary, scenario_plots_with_png)
+}
+
+fn unique_plots(
+    summary: &RunSummary,
+    render: fn(&ScenarioOutcome) -> Result<Vec<PlotFile>, ReportError>,
+) -> Result<Vec<Vec<PlotFile>>, ReportError> {
     let mut taken: Vec<String> = Vec::new();
     let mut all = Vec::with_capacity(summary.outcomes.len());
     for o in &summary.outcomes {
-        let mut files = scenario_plots(o)?;
+        let mut files = render(o)?;
         for f in &mut files {
             let stem = f.name.trim_end_matches(".svg").to_owned();
             let mut k = 1;
@@ -250,12 +263,24 @@ fn scenario_section(h: &mut String, index: usize, o: &ScenarioOutcome, plots: &[
         h.push_str("<figure>\n");
         h.push_str(&p.svg);
         h.push_str(&format!(
-            "<figcaption>{} — {} (<a href=\"{PLOTS_DIR}/{}\">{}</a>)</figcaption>\n</figure>\n",
+            "<figcaption>{} — {} (<a href=\"{PLOTS_DIR}/{}\">{}</a>, \
+             <a href=\"{PLOTS_DIR}/{}\">PNG</a>)</figcaption>\n</figure>\n",
             escape(&p.group),
             escape(p.title),
             escape(&p.name),
-            escape(&p.name)
+            escape(&p.name),
+            escape(&p.png_name())
         ));
+    }
+    for g in &o.plots.groups {
+        for (onset, draws) in &g.event_waveforms_omitted {
+            h.push_str(&format!(
+                "<p class=\"meta\">{}: no event waveform for the onset at {} s: reaching it \
+                 would replay {draws} noise draws, over the cap of {EVENT_WAVEFORM_NOISE_DRAWS_MAX}.</p>\n",
+                escape(&g.name),
+                trim_decimals(*onset, 4)
+            ));
+        }
     }
 
     if !o.timeline.is_empty() {
@@ -379,5 +404,19 @@ mod tests {
         let html = index_html(&summary, &plots);
         assert!(html.contains("<section id=\"s2-sag-70pct-10-cycles\">"));
         assert!(html.contains("href=\"plots/sag-70pct-10-cycles-feeder-a-rms-2.svg\""));
+    }
+
+    #[test]
+    fn plots_link_their_png_and_omitted_waveforms_are_named() {
+        let mut o = testdata::passing();
+        o.plots.groups[0].event_waveforms_omitted = vec![(95.0042, 301_234_567)];
+        let summary = RunSummary::new(vec![o], None);
+        let plots = run_plots(&summary).unwrap();
+        let html = index_html(&summary, &plots);
+        assert!(html.contains("<a href=\"plots/sag-70pct-10-cycles-feeder-a-rms.png\">PNG</a>"));
+        assert!(html.contains(
+            "feeder-a: no event waveform for the onset at 95.0042 s: reaching it would replay \
+             301234567 noise draws, over the cap of 200000000."
+        ));
     }
 }

@@ -1,4 +1,4 @@
-//! SVG plots of a scenario run, drawn with plotters from the outcome's
+//! Plots of a scenario run (SVG, and PNG on request), drawn with plotters from the outcome's
 //! [`PlotData`](sim_core::outcome::PlotData):
 //!
 //! - the **RMS trend** of each group's probe meter: the 10/12-cycle RMS per phase against time
@@ -15,11 +15,13 @@
 //! - for fleets (more than one meter), **trips per group over time**: each group's cumulative
 //!   count of trips at all its meters.
 //!
-//! Axis labels carry units and every plot has a legend. Text stays text (`<text>` elements,
-//! `sans-serif`), so the SVG needs no font files. Deterministic: the same outcome gives the
-//! same bytes.
+//! Axis labels carry units and every plot has a legend. Each plot is drawn by one function
+//! generic over the plotters backend: as SVG its text stays text (`<text>` elements, family
+//! [`FONT`]), as PNG ([`PNG_SIZE`]) it is rasterized from [`EMBEDDED_FONT`], compiled in, so
+//! rendering needs no system fonts. Deterministic: the same outcome gives the same bytes.
 
 use std::io::Write;
+use std::sync::OnceLock;
 
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
@@ -72,7 +74,16 @@ pub const THD_PLOT_MIN_PERCENT: f64 = 0.01;
 /// Most alarm-arrival markers drawn on an RMS trend (the first ones by arrival).
 pub const ALARM_MARKERS_MAX: usize = 500;
 
-const FONT: &str = "sans-serif";
+/// Size of every PNG plot, px (the SVG's 2:1 shape, larger).
+pub const PNG_SIZE: (u32, u32) = (1200, 600);
+/// The font family of every plot's text: DejaVu Sans, compiled into the binary
+/// ([`EMBEDDED_FONT`]) for the PNGs; SVG viewers use their own DejaVu Sans, or their
+/// sans-serif font where it is not installed. The whole string is the name the embedded font
+/// is registered under with plotters.
+pub const FONT: &str = "DejaVu Sans, sans-serif";
+/// DejaVu Sans 2.37 (Debian's `fonts-dejavu-core`; Bitstream Vera licence, see
+/// `reports/fonts/DejaVuSans-LICENSE.txt`).
+pub static EMBEDDED_FONT: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
 
 /// One plot of a scenario: its file name inside `plots/` and what it shows.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,68 +98,117 @@ pub struct PlotFile {
     pub title: &'static str,
     /// The SVG document.
     pub svg: String,
+    /// The same plot as a PNG file ([`PNG_SIZE`]), when asked for
+    /// ([`scenario_plots_with_png`]); saved as [`PlotFile::png_name`].
+    pub png: Option<Vec<u8>>,
 }
 
-/// Every plot of one scenario: per group, the RMS trend and, when the group raised trip
-/// alarms, the alarm-latency CDF; then, for a fleet that tripped, trips per group over time.
+impl PlotFile {
+    /// [`PlotFile::name`] with `.png` for its trailing `.svg`.
+    pub fn png_name(&self) -> String {
+        format!(
+            "{}.png",
+            self.name.strip_suffix(".svg").unwrap_or(&self.name)
+        )
+    }
+}
+
+/// Every plot of one scenario (SVG only): per group, the RMS trend and, when the group raised
+/// trip alarms, the alarm-latency CDF; THD over time when it is not 0; the event waveforms;
+/// then, for a fleet that tripped, trips per group over time.
 pub fn scenario_plots(outcome: &ScenarioOutcome) -> Result<Vec<PlotFile>, ReportError> {
-    let mut files = Vec::new();
+    render_plots(outcome, false)
+}
+
+/// [`scenario_plots`] with each plot also rendered as a PNG ([`PlotFile::png`]).
+pub fn scenario_plots_with_png(outcome: &ScenarioOutcome) -> Result<Vec<PlotFile>, ReportError> {
+    render_plots(outcome, true)
+}
+
+fn render_plots(outcome: &ScenarioOutcome, with_png: bool) -> Result<Vec<PlotFile>, ReportError> {
+    let scenario = outcome.name.as_str();
+    let mut figures: Vec<(String, String, &'static str, Figure<'_>)> = Vec::new();
     for g in &outcome.plots.groups {
-        let stem = format!("{}-{}", file_part(&outcome.name), file_part(&g.name));
-        files.push(PlotFile {
-            name: format!("{stem}-rms.svg"),
-            group: g.name.clone(),
-            title: "RMS trend",
-            svg: rms_trend_svg(&outcome.name, g)?,
-        });
-        if let Some(svg) = latency_cdf_svg(&outcome.name, g)? {
-            files.push(PlotFile {
-                name: format!("{stem}-latency-cdf.svg"),
-                group: g.name.clone(),
-                title: "alarm-latency CDF",
-                svg,
-            });
+        let stem = format!("{}-{}", file_part(scenario), file_part(&g.name));
+        let mut add = |suffix: String, title, figure| {
+            figures.push((
+                format!("{stem}-{suffix}.svg"),
+                g.name.clone(),
+                title,
+                figure,
+            ));
+        };
+        add("rms".to_owned(), "RMS trend", Figure::Rms(scenario, g));
+        if !g.alarm_latencies.is_empty() {
+            let figure = Figure::LatencyCdf(scenario, g);
+            add("latency-cdf".to_owned(), "alarm-latency CDF", figure);
         }
-        if let Some(svg) = thd_svg(&outcome.name, g)? {
-            files.push(PlotFile {
-                name: format!("{stem}-thd.svg"),
-                group: g.name.clone(),
-                title: "THD over time",
-                svg,
-            });
+        if let Some(max) = thd_max(g) {
+            add(
+                "thd".to_owned(),
+                "THD over time",
+                Figure::Thd(scenario, g, max),
+            );
         }
         for (k, w) in g.event_waveforms.iter().enumerate() {
-            files.push(PlotFile {
-                name: format!("{stem}-event-{}.svg", k + 1),
-                group: g.name.clone(),
-                title: "event waveform",
-                svg: waveform_svg(&outcome.name, g, w)?,
-            });
+            let figure = Figure::Waveform(scenario, g, w);
+            add(format!("event-{}", k + 1), "event waveform", figure);
         }
     }
-    if let Some(svg) = fleet_trips_svg(outcome)? {
-        files.push(PlotFile {
-            name: format!("{}-fleet-trips.svg", file_part(&outcome.name)),
-            group: "all groups".to_owned(),
-            title: "trips per group over time",
-            svg,
-        });
+    if has_fleet_trips(outcome) {
+        figures.push((
+            format!("{}-fleet-trips.svg", file_part(scenario)),
+            "all groups".to_owned(),
+            "trips per group over time",
+            Figure::FleetTrips(outcome),
+        ));
     }
-    Ok(files)
+    figures
+        .into_iter()
+        .map(|(name, group, title, figure)| {
+            Ok(PlotFile {
+                name,
+                group,
+                title,
+                svg: figure.svg()?,
+                png: if with_png { Some(figure.png()?) } else { None },
+            })
+        })
+        .collect()
+}
+
+/// More than one meter and some meter tripped.
+fn has_fleet_trips(outcome: &ScenarioOutcome) -> bool {
+    let groups = &outcome.plots.groups;
+    let meters: u64 = groups.iter().map(|g| u64::from(g.meters)).sum();
+    meters >= 2 && groups.iter().any(|g| !g.trips.is_empty())
+}
+
+/// The largest THD of `group`, when it reaches [`THD_PLOT_MIN_PERCENT`].
+fn thd_max(group: &GroupPlot) -> Option<f64> {
+    let max = group
+        .thd
+        .iter()
+        .flatten()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .fold(0.0_f64, f64::max);
+    (max >= THD_PLOT_MIN_PERCENT).then_some(max)
 }
 
 /// Each group's cumulative trips (all its meters) against time, as an SVG document; `None`
 /// unless the scenario has more than one meter and some meter tripped.
 pub fn fleet_trips_svg(outcome: &ScenarioOutcome) -> Result<Option<String>, ReportError> {
-    let groups = &outcome.plots.groups;
-    let meters: u64 = groups.iter().map(|g| u64::from(g.meters)).sum();
-    if meters < 2 || groups.iter().all(|g| g.trips.is_empty()) {
+    if !has_fleet_trips(outcome) {
         return Ok(None);
     }
-    render_svg(|root| draw_fleet_trips(root, outcome)).map(Some)
+    Figure::FleetTrips(outcome).svg().map(Some)
 }
 
-fn draw_fleet_trips(root: &DrawingArea<SVGBackend<'_>, Shift>, o: &ScenarioOutcome) -> DrawResult {
+fn draw_fleet_trips<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    o: &ScenarioOutcome,
+) -> DrawResult<DB> {
     let groups = &o.plots.groups;
     let t_end = groups
         .iter()
@@ -252,40 +312,108 @@ fn plot_error(e: impl std::fmt::Display) -> ReportError {
 
 /// The RMS trend of `group`'s probe meter as an SVG document.
 pub fn rms_trend_svg(scenario: &str, group: &GroupPlot) -> Result<String, ReportError> {
-    render_svg(|root| draw_rms_trend(root, scenario, group))
+    Figure::Rms(scenario, group).svg()
 }
 
-type DrawResult = Result<(), DrawingAreaErrorKind<std::io::Error>>;
+type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
 /// A chart in the report's coordinates: seconds, volts, percent or milliseconds, all f64.
-type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
-/// Draw one plot on a white [`PLOT_SIZE`] canvas and return the SVG document.
-fn render_svg(
-    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> DrawResult,
-) -> Result<String, ReportError> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_error)?;
-        draw(&root).map_err(plot_error)?;
-        root.present().map_err(plot_error)?;
+/// One plot and what it is drawn from; drawn on either backend, so the SVG and the PNG of a
+/// plot come from the same code.
+#[derive(Clone, Copy)]
+enum Figure<'o> {
+    Rms(&'o str, &'o GroupPlot),
+    LatencyCdf(&'o str, &'o GroupPlot),
+    /// The largest THD, %.
+    Thd(&'o str, &'o GroupPlot, f64),
+    Waveform(&'o str, &'o GroupPlot, &'o EventWaveform),
+    FleetTrips(&'o ScenarioOutcome),
+}
+
+impl Figure<'_> {
+    fn draw<DB: DrawingBackend>(self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        match self {
+            Figure::Rms(s, g) => draw_rms_trend(root, s, g),
+            Figure::LatencyCdf(s, g) => draw_latency_cdf(root, s, g),
+            Figure::Thd(s, g, max) => draw_thd(root, s, g, max),
+            Figure::Waveform(s, g, w) => draw_waveform(root, s, g, w),
+            Figure::FleetTrips(o) => draw_fleet_trips(root, o),
+        }
     }
-    Ok(svg)
+
+    /// The plot on a white [`PLOT_SIZE`] canvas as an SVG document.
+    fn svg(self) -> Result<String, ReportError> {
+        register_embedded_font()?;
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
+            root.fill(&WHITE).map_err(plot_error)?;
+            self.draw(&root).map_err(plot_error)?;
+            root.present().map_err(plot_error)?;
+        }
+        Ok(svg)
+    }
+
+    /// The plot on a white [`PNG_SIZE`] canvas as a PNG file (8-bit RGB), its text rasterized
+    /// from the embedded font.
+    fn png(self) -> Result<Vec<u8>, ReportError> {
+        register_embedded_font()?;
+        let (w, h) = PNG_SIZE;
+        let mut rgb = vec![0_u8; w as usize * h as usize * 3];
+        {
+            let root = BitMapBackend::with_buffer(&mut rgb, PNG_SIZE).into_drawing_area();
+            root.fill(&WHITE).map_err(plot_error)?;
+            self.draw(&root).map_err(plot_error)?;
+            root.present().map_err(plot_error)?;
+        }
+        encode_png(&rgb, PNG_SIZE)
+    }
+}
+
+/// `rgb` (8-bit RGB rows, top first) as a PNG file.
+fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>, ReportError> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, w, h);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().map_err(plot_error)?;
+    writer.write_image_data(rgb).map_err(plot_error)?;
+    writer.finish().map_err(plot_error)?;
+    Ok(out)
+}
+
+/// Register [`EMBEDDED_FONT`] with plotters as [`FONT`], once per process. With plotters'
+/// `ab_glyph` feature (and not `ttf`) text is measured and rasterized only from registered
+/// fonts: no system font is looked up, for SVG (text measured for layout) or PNG.
+fn register_embedded_font() -> Result<(), ReportError> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, EMBEDDED_FONT).is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ReportError::Plot(
+            "the embedded font reports/fonts/DejaVuSans.ttf is not a valid TrueType font"
+                .to_owned(),
+        ))
+    }
 }
 
 /// The house style every plot shares: caption, margins, label areas, and a light grid with
 /// axis descriptions (which carry the units).
 #[allow(clippy::too_many_arguments)]
-fn styled_chart<'a, 'b>(
-    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+fn styled_chart<'a, DB: DrawingBackend + 'a>(
+    root: &'a DrawingArea<DB, Shift>,
     caption: String,
     x: std::ops::Range<f64>,
     y: std::ops::Range<f64>,
     x_desc: &str,
     y_desc: &str,
     y_labels: Option<&dyn Fn(&f64) -> String>,
-) -> Result<Chart<'a, 'b>, DrawingAreaErrorKind<std::io::Error>> {
+) -> Result<Chart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
     let mut chart = ChartBuilder::on(root)
         .caption(caption, (FONT, 20))
         .margin(12)
@@ -306,7 +434,10 @@ fn styled_chart<'a, 'b>(
 }
 
 /// The legend box, at `position`.
-fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) -> DrawResult {
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    position: SeriesLabelPosition,
+) -> DrawResult<DB> {
     chart
         .configure_series_labels()
         .position(position)
@@ -321,11 +452,11 @@ fn line_key(style: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)>
     move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style)
 }
 
-fn draw_rms_trend(
-    root: &DrawingArea<SVGBackend<'_>, Shift>,
+fn draw_rms_trend<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
     scenario: &str,
     g: &GroupPlot,
-) -> DrawResult {
+) -> DrawResult<DB> {
     let th = g.thresholds;
     let points = || g.rms.iter().flatten();
     let t_max = points()
@@ -445,14 +576,14 @@ pub fn latency_cdf_svg(scenario: &str, group: &GroupPlot) -> Result<Option<Strin
     if group.alarm_latencies.is_empty() {
         return Ok(None);
     }
-    render_svg(|root| draw_latency_cdf(root, scenario, group)).map(Some)
+    Figure::LatencyCdf(scenario, group).svg().map(Some)
 }
 
-fn draw_latency_cdf(
-    root: &DrawingArea<SVGBackend<'_>, Shift>,
+fn draw_latency_cdf<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
     scenario: &str,
     g: &GroupPlot,
-) -> DrawResult {
+) -> DrawResult<DB> {
     let mut ms: Vec<f64> = g
         .alarm_latencies
         .iter()
@@ -504,25 +635,18 @@ fn draw_latency_cdf(
 /// THD (%) per phase of `group`'s probe meter against time as an SVG document; `None` when no
 /// window reached [`THD_PLOT_MIN_PERCENT`].
 pub fn thd_svg(scenario: &str, group: &GroupPlot) -> Result<Option<String>, ReportError> {
-    let max = group
-        .thd
-        .iter()
-        .flatten()
-        .map(|p| p.1)
-        .filter(|v| v.is_finite())
-        .fold(0.0_f64, f64::max);
-    if max < THD_PLOT_MIN_PERCENT {
+    let Some(max) = thd_max(group) else {
         return Ok(None);
-    }
-    render_svg(|root| draw_thd(root, scenario, group, max)).map(Some)
+    };
+    Figure::Thd(scenario, group, max).svg().map(Some)
 }
 
-fn draw_thd(
-    root: &DrawingArea<SVGBackend<'_>, Shift>,
+fn draw_thd<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
     scenario: &str,
     g: &GroupPlot,
     max: f64,
-) -> DrawResult {
+) -> DrawResult<DB> {
     let t_max = g.thd.iter().flatten().map(|p| p.0).fold(0.0_f64, f64::max);
     let x_range = 0.0..if t_max > 0.0 { t_max } else { 1.0 };
     let mut chart = styled_chart(
@@ -553,7 +677,7 @@ pub fn waveform_svg(
     group: &GroupPlot,
     wave: &EventWaveform,
 ) -> Result<String, ReportError> {
-    render_svg(|root| draw_waveform(root, scenario, group, wave))
+    Figure::Waveform(scenario, group, wave).svg()
 }
 
 /// (ms relative to the onset, V) of each sample of one phase.
@@ -569,12 +693,12 @@ fn waveform_points(wave: &EventWaveform, samples: &[f32]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn draw_waveform(
-    root: &DrawingArea<SVGBackend<'_>, Shift>,
+fn draw_waveform<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
     scenario: &str,
     g: &GroupPlot,
     w: &EventWaveform,
-) -> DrawResult {
+) -> DrawResult<DB> {
     let peak = g.nominal * std::f64::consts::SQRT_2;
     let phases: Vec<Vec<(f64, f64)>> = w.samples.iter().map(|s| waveform_points(w, s)).collect();
     let (mut x0, mut x1) = (0.0_f64, 0.0_f64);
@@ -1052,5 +1176,104 @@ mod tests {
             names.contains(&"sag-70pct-10-cycles-feeder-a-event-1.svg".to_owned()),
             "{names:?}"
         );
+    }
+
+    /// The RGB pixels of a PNG file, checked to be 8-bit RGB of [`PNG_SIZE`].
+    fn decode_png(bytes: &[u8]) -> Vec<[u8; 3]> {
+        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), PNG_SIZE);
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        assert_eq!(info.bit_depth, png::BitDepth::Eight);
+        buf[..info.buffer_size()]
+            .chunks_exact(3)
+            .map(|p| [p[0], p[1], p[2]])
+            .collect()
+    }
+
+    #[test]
+    fn every_plot_has_a_png_that_decodes_and_shows_the_plot() {
+        let o = testdata::passing();
+        let with_png = scenario_plots_with_png(&o).unwrap();
+        let svg_only = scenario_plots(&o).unwrap();
+        assert_eq!(with_png.len(), svg_only.len());
+        assert!(with_png.len() >= 4, "{}", with_png.len());
+        let (w, h) = (PNG_SIZE.0 as usize, PNG_SIZE.1 as usize);
+        for (p, s) in with_png.iter().zip(&svg_only) {
+            assert!(s.png.is_none());
+            assert_eq!(p.svg, s.svg, "the SVG does not depend on the PNG");
+            assert_eq!(p.png_name(), p.name.replace(".svg", ".png"));
+            let pixels = decode_png(p.png.as_ref().unwrap());
+            assert_eq!(pixels.len(), w * h);
+            let drawn = pixels.iter().filter(|px| **px != [255, 255, 255]).count();
+            assert!(drawn > w * h / 100, "{}: {drawn} non-white pixels", p.name);
+            // The caption (the top 30 rows, centred) is rasterized text: dark pixels there.
+            let caption = (0..30)
+                .flat_map(|y| (w / 4..3 * w / 4).map(move |x| y * w + x))
+                .filter(|&i| pixels[i].iter().all(|c| *c < 100))
+                .count();
+            assert!(caption > 50, "{}: {caption} dark caption pixels", p.name);
+            // Deterministic: the same outcome gives the same bytes.
+        }
+        let again = scenario_plots_with_png(&o).unwrap();
+        assert_eq!(again, with_png);
+        // The RMS trend's PNG shows the L1 line and the upper-limit line in their colours.
+        let rms = decode_png(with_png[0].png.as_ref().unwrap());
+        assert!(with_png[0].name.ends_with("-rms.svg"));
+        for color in [PHASE_COLORS[0], UPPER_LIMIT_COLOR] {
+            let rgb = [color.0, color.1, color.2];
+            let n = rms.iter().filter(|px| **px == rgb).count();
+            assert!(n > 200, "{n} pixels of {rgb:?}");
+        }
+    }
+
+    #[test]
+    fn text_comes_only_from_the_embedded_font() {
+        register_embedded_font().unwrap();
+        // The registered family measures text with real glyph advances.
+        let desc = FontDesc::new(FontFamily::Name(FONT), 20.0, FontStyle::Normal);
+        let (wide, _) = desc.box_size("WWWW").unwrap();
+        let (narrow, _) = desc.box_size("iiii").unwrap();
+        assert!(wide > 2 * narrow, "{wide} vs {narrow}");
+        // A family that was not registered is not looked up on the system, even where the
+        // system has it (this machine may have DejaVu Sans installed as sans-serif): with
+        // plotters' `ttf` feature font-kit would find one.
+        for family in [FontFamily::SansSerif, FontFamily::Name("DejaVu Sans")] {
+            let missing = FontDesc::new(family, 20.0, FontStyle::Normal);
+            assert!(missing.box_size("x").is_err());
+        }
+        // The build has no system-font machinery: plotters without `ttf`, with `ab_glyph`,
+        // and nothing in the lock file that reads fontconfig or freetype.
+        let manifest = include_str!("../../Cargo.toml");
+        let plotters = manifest
+            .lines()
+            .find(|l| l.starts_with("plotters ="))
+            .unwrap();
+        assert!(plotters.contains("default-features = false"), "{plotters}");
+        assert!(plotters.contains("\"ab_glyph\""), "{plotters}");
+        assert!(plotters.contains("\"bitmap_backend\""), "{plotters}");
+        assert!(!plotters.contains("\"ttf\""), "{plotters}");
+        let lock = include_str!("../../Cargo.lock");
+        for crate_name in [
+            "font-kit",
+            "yeslogic-fontconfig-sys",
+            "freetype-sys",
+            "servo-fontconfig",
+        ] {
+            assert!(
+                !lock.contains(&format!("name = \"{crate_name}\"")),
+                "{crate_name}"
+            );
+        }
+        // Every SVG text names the same family.
+        let o = testdata::passing();
+        let svg = rms_trend_svg(&o.name, &o.plots.groups[0]).unwrap();
+        let families: std::collections::BTreeSet<&str> = tags(&svg, "text")
+            .into_iter()
+            .filter_map(|t| attr(t, "font-family"))
+            .collect();
+        assert_eq!(families.into_iter().collect::<Vec<_>>(), [FONT]);
     }
 }

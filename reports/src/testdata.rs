@@ -178,6 +178,7 @@ pub(crate) fn passing_plots() -> PlotData {
                 })
                 .collect(),
             event_waveforms: vec![sag_waveform()],
+            event_waveforms_omitted: Vec::new(),
         }],
     }
 }

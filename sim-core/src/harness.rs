@@ -21,7 +21,7 @@ use crate::meter::{self, Message, Meter, MeterConfig, MeterEvent};
 use crate::network::Link;
 use crate::outcome::{
     EventWaveform, GroupPlot, LatencySummary, PlotData, PlotEvent, RunStats, ScenarioOutcome,
-    TimelineEntry, EVENTS_PLOT_MAX, EVENT_WAVEFORMS_MAX, EVENT_WAVEFORM_MAX_ONSET,
+    TimelineEntry, EVENTS_PLOT_MAX, EVENT_WAVEFORMS_MAX, EVENT_WAVEFORM_NOISE_DRAWS_MAX,
     EVENT_WAVEFORM_SAMPLES_MAX, LATENCIES_PLOT_MAX, RMS_PLOT_MAX, TRIP_BUCKETS,
 };
 use crate::rms_model::RmsFidelity;
@@ -352,6 +352,8 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
         stats.unexplained_loss += missing.abs_diff(record.overflowed + record.buffered_at_end);
         if record.index == 0 {
             let group = &scenario.groups[record.group];
+            let (waveforms, omitted) =
+                event_waveforms_within(scenario, record.group, EVENT_WAVEFORM_NOISE_DRAWS_MAX);
             plot_groups[record.group] = Some(GroupPlot {
                 name: group.name.clone(),
                 thresholds: group.thresholds,
@@ -382,7 +384,8 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
                     .into_iter()
                     .map(RmsTrace::finish)
                     .collect(),
-                event_waveforms: event_waveforms(scenario, record.group),
+                event_waveforms: waveforms,
+                event_waveforms_omitted: omitted,
             });
             probes[record.group] = sim.probes;
             pq_events[record.group] = sim.sink.pq_events;
@@ -798,12 +801,26 @@ impl RmsTrace {
 }
 
 /// The probe meter's supply around the first [`EVENT_WAVEFORMS_MAX`] voltage-disturbance onsets
-/// of `group` (distinct, sorted, at most [`EVENT_WAVEFORM_MAX_ONSET`]): from 2 cycles before
-/// to 6 cycles after each, clamped to the scenario, from [`probe_synthesizer`] (streamed from
-/// the scenario start, so the samples are exactly the ones the probe meter saw before its front
-/// end). Drawn for both fidelities: an `rms` group's supply is the same model.
-/// Decimated to at most [`EVENT_WAVEFORM_SAMPLES_MAX`] samples per phase.
+/// of `group` (distinct, sorted): from 2 cycles before to 6 cycles after each, clamped to the
+/// scenario, from [`probe_synthesizer`] (skipped to each window with
+/// [`Synthesizer::skip_to`], so the samples are exactly the ones the probe meter saw before
+/// its front end). Drawn for both fidelities: an `rms` group's supply is the same model.
+/// Decimated to at most [`EVENT_WAVEFORM_SAMPLES_MAX`] samples per phase. Onsets that would
+/// need more than [`EVENT_WAVEFORM_NOISE_DRAWS_MAX`] noise draws are left out: see
+/// [`event_waveforms_within`].
 pub fn event_waveforms(scenario: &Scenario, group: usize) -> Vec<EventWaveform> {
+    event_waveforms_within(scenario, group, EVENT_WAVEFORM_NOISE_DRAWS_MAX).0
+}
+
+/// [`event_waveforms`] replaying at most `max_draws` noise draws in all to reach the windows;
+/// also the onsets left out for that, with the draws reaching each would have needed.
+/// Cost: skipping a window's lead-in costs one step per 512-sample chunk (about 0.7 M steps
+/// for 8 h at 12.8 kHz) plus one normal draw per sample and phase where noise is active.
+pub fn event_waveforms_within(
+    scenario: &Scenario,
+    group: usize,
+    max_draws: u64,
+) -> (Vec<EventWaveform>, Vec<(Seconds, u64)>) {
     let mut onsets: Vec<Seconds> = resolved_disturbances(scenario, group)
         .iter()
         .filter(|d| d.kind.is_voltage_onset())
@@ -813,9 +830,10 @@ pub fn event_waveforms(scenario: &Scenario, group: usize) -> Vec<EventWaveform> 
     onsets.sort_by(f64::total_cmp);
     onsets.dedup();
     onsets.truncate(EVENT_WAVEFORMS_MAX);
-    onsets.retain(|t| *t <= EVENT_WAVEFORM_MAX_ONSET);
+    let mut out = Vec::with_capacity(onsets.len());
+    let mut omitted = Vec::new();
     if onsets.is_empty() {
-        return Vec::new();
+        return (out, omitted);
     }
     let fs = scenario.grid.sample_rate;
     let cycle = 1.0 / scenario.grid.frequency;
@@ -823,7 +841,7 @@ pub fn event_waveforms(scenario: &Scenario, group: usize) -> Vec<EventWaveform> 
     let mut synth = probe_synthesizer(scenario, group);
     let channels = scenario.grid.channels();
     let mut block = SampleBlock::new(channels, BLOCK, fs, false);
-    let mut out = Vec::with_capacity(onsets.len());
+    let mut budget = max_draws;
     for onset in onsets {
         let first = ((onset - 2.0 * cycle).max(0.0) * fs).ceil() as u64;
         let end = (((onset + 6.0 * cycle) * fs).floor() as u64 + 1).min(total);
@@ -837,20 +855,21 @@ pub fn event_waveforms(scenario: &Scenario, group: usize) -> Vec<EventWaveform> 
         if synth.position() > first {
             synth = probe_synthesizer(scenario, group);
         }
+        match synth.skip_to(first, budget) {
+            Ok(draws) => budget -= draws,
+            Err(needed) => {
+                omitted.push((onset, needed));
+                continue;
+            }
+        }
         while synth.position() < end {
             let pos = synth.position();
-            let n = if pos < first {
-                (first - pos).min(BLOCK as u64) as usize
-            } else {
-                (end - pos).min(BLOCK as u64) as usize
-            };
+            let n = (end - pos).min(BLOCK as u64) as usize;
             synth.fill(&mut block, n);
-            if pos >= first {
-                for (ch, kept) in samples.iter_mut().enumerate() {
-                    for i in 0..n {
-                        if (pos - first + i as u64) % every as u64 == 0 {
-                            kept.push(block.voltage[ch][i]);
-                        }
+            for (ch, kept) in samples.iter_mut().enumerate() {
+                for i in 0..n {
+                    if (pos - first + i as u64) % every as u64 == 0 {
+                        kept.push(block.voltage[ch][i]);
                     }
                 }
             }
@@ -862,7 +881,7 @@ pub fn event_waveforms(scenario: &Scenario, group: usize) -> Vec<EventWaveform> 
             samples,
         });
     }
-    out
+    (out, omitted)
 }
 
 /// (receive time, latency) of `group`'s trip alarms in receive order; beyond

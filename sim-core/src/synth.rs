@@ -828,16 +828,84 @@ impl Synthesizer {
         self.next += n as u64;
     }
 
+    /// Advance to sample `target` without synthesizing the samples before it: what `fill`
+    /// produces next is exactly what it would produce after filling up to `target`. The noise
+    /// of the skipped chunks is drawn and dropped (one draw per sample and channel where noise
+    /// is active; the generator cannot jump a normal variate stream), unless that would take
+    /// more than `max_draws` draws: then nothing moves and the result is `Err` with the
+    /// draws needed. `Ok` holds the draws made. A `target` at or before the position is a
+    /// no-op.
+    pub fn skip_to(&mut self, target: u64, max_draws: u64) -> Result<u64, u64> {
+        if target <= self.next {
+            return Ok(0);
+        }
+        if target < self.chunk_end {
+            // Inside the cached chunk.
+            self.chunk_pos += (target - self.next) as usize;
+            self.next = target;
+            return Ok(0);
+        }
+        // The chunks wholly before the one holding `target`: count their draws, then make them.
+        let (needed, _, _) = self.skipped_noise(target, false);
+        if needed > max_draws {
+            return Err(needed);
+        }
+        let (_, k0, cursor) = self.skipped_noise(target, true);
+        self.chunk_end = k0;
+        self.edge_cursor = cursor;
+        self.compute_chunk();
+        self.chunk_pos = (target - k0) as usize;
+        self.next = target;
+        Ok(needed)
+    }
+
+    /// The noise draws of the chunks from the cached one's end up to the one holding
+    /// `target`; made (and dropped) when `draw`, else only counted. Returns the draws, the
+    /// first sample of the chunk holding `target` and the edge cursor there.
+    fn skipped_noise(&mut self, target: u64, draw: bool) -> (u64, u64, usize) {
+        let fs = self.model.grid.sample_rate;
+        let mut cursor = self.edge_cursor;
+        let mut k0 = self.chunk_end;
+        let mut total = 0_u64;
+        loop {
+            let k1 = self.chunk_bound(k0, &mut cursor);
+            if k1 > target {
+                return (total, k0, cursor);
+            }
+            let t0 = k0 as f64 / fs;
+            for (ch, rng) in self.rngs.iter_mut().enumerate() {
+                if self.model.noise_rms(ch, t0) > 0.0 {
+                    total += k1 - k0;
+                    if draw {
+                        for _ in 0..k1 - k0 {
+                            let _: f64 = rng.sample(StandardNormal);
+                        }
+                    }
+                }
+            }
+            k0 = k1;
+        }
+    }
+
+    /// The end of the chunk starting at sample `k0`: the next multiple of CHUNK or model
+    /// edge, whichever is first (`cursor` is moved past the edges at or before `k0`).
+    fn chunk_bound(&self, k0: u64, cursor: &mut usize) -> u64 {
+        let mut k1 = (k0 / CHUNK as u64 + 1) * CHUNK as u64;
+        while *cursor < self.edges.len() && self.edges[*cursor] <= k0 {
+            *cursor += 1;
+        }
+        if let Some(&e) = self.edges.get(*cursor) {
+            k1 = k1.min(e);
+        }
+        k1
+    }
+
     /// Synthesize the next chunk (up to the next multiple of CHUNK or model edge) into the cache.
     fn compute_chunk(&mut self) {
         let k0 = self.chunk_end;
-        let mut k1 = (k0 / CHUNK as u64 + 1) * CHUNK as u64;
-        while self.edge_cursor < self.edges.len() && self.edges[self.edge_cursor] <= k0 {
-            self.edge_cursor += 1;
-        }
-        if let Some(&e) = self.edges.get(self.edge_cursor) {
-            k1 = k1.min(e);
-        }
+        let mut cursor = self.edge_cursor;
+        let k1 = self.chunk_bound(k0, &mut cursor);
+        self.edge_cursor = cursor;
         let m = (k1 - k0) as usize;
         self.chunk_end = k1;
         self.chunk_len = m;
@@ -1511,6 +1579,100 @@ pub(crate) mod tests {
         let want = (230.0 - 50.0 * p.resistance(1000.0)) / 230.0;
         assert!((m.envelope(0, 1010.0) - want).abs() < 1e-12);
         assert!(m.envelope(0, 1010.0) < m.envelope(0, 10.0));
+    }
+
+    #[test]
+    fn skip_to_continues_exactly_as_a_full_fill_would() {
+        let mut rng = Pcg64::seed_from_u64(11);
+        for case in 0..4 {
+            let fs = [12_800.0, 7_680.0][case % 2];
+            let g = grid(
+                if case < 2 { 50.0 } else { 60.0 },
+                PhaseSystem::ThreePhase,
+                fs,
+            );
+            let span = 0.4;
+            // Noise (somewhere inside the span) and every other kind, so chunks end at edges.
+            let mut mix = random_mix(&mut rng, span, true);
+            mix.push(dist(
+                0.05,
+                PhaseSet::ALL,
+                DisturbanceKind::Noise {
+                    rms: 0.002,
+                    duration: 0.1,
+                },
+            ));
+            let model = SupplyModel::new(&g, mix);
+            let total = (span * fs) as usize + 300;
+            let full = run(&model, 5, &[4096], total);
+            let edges: Vec<u64> = model
+                .edges()
+                .into_iter()
+                .map(|t| SupplyModel::first_index_at_or_after(t, fs))
+                .collect();
+            let mut targets = vec![1_u64, 511, 512, 513, 1500, total as u64 - 40];
+            targets.extend(edges.iter().filter(|&&e| e + 40 < total as u64));
+            targets.extend(edges.iter().filter(|&&e| e > 0).map(|e| e - 1));
+            targets.retain(|&t| t + 40 <= total as u64);
+            assert!(targets.len() > 8, "{targets:?}");
+            for &target in &targets {
+                // From the start, and after a partial fill (the cached chunk part-used).
+                for lead in [0_usize, 100] {
+                    if lead as u64 >= target {
+                        continue;
+                    }
+                    let mut syn = Synthesizer::new(model.clone(), 5);
+                    let mut block = SampleBlock::new(3, 4096, fs, true);
+                    if lead > 0 {
+                        syn.fill(&mut block, lead);
+                    }
+                    syn.skip_to(target, u64::MAX).unwrap();
+                    assert_eq!(syn.position(), target);
+                    let n = 40;
+                    syn.fill(&mut block, n);
+                    assert_eq!(block.start, target);
+                    let k = target as usize;
+                    for ch in 0..3 {
+                        assert_eq!(
+                            block.voltage[ch][..n],
+                            full.voltage[ch][k..k + n],
+                            "case {case} target {target} lead {lead} ch {ch}"
+                        );
+                        assert_eq!(block.current[ch][..n], full.current[ch][k..k + n]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn skip_to_counts_noise_draws_and_refuses_over_the_budget() {
+        let mut g = grid(50.0, PhaseSystem::ThreePhase, 12_800.0);
+        g.load = None;
+        // Noise on L1 only from 1 s to 2 s: 12 800 draws on one channel.
+        let noise = dist(
+            1.0,
+            PhaseSet::of(&[crate::grid::Phase::L1]),
+            DisturbanceKind::Noise {
+                rms: 0.01,
+                duration: 1.0,
+            },
+        );
+        let model = SupplyModel::new(&g, vec![noise]);
+        let mut syn = Synthesizer::new(model.clone(), 3);
+        // Before the noise: nothing to draw.
+        assert_eq!(syn.skip_to(12_000, 0), Ok(0));
+        // Past it: the whole second is drawn; a smaller budget moves nothing.
+        assert_eq!(syn.skip_to(40_000, 12_799), Err(12_800));
+        assert_eq!(syn.position(), 12_000);
+        assert_eq!(syn.skip_to(40_000, 12_800), Ok(12_800));
+        let mut block = SampleBlock::new(3, 64, 12_800.0, false);
+        syn.fill(&mut block, 64);
+        let full = run(&model, 3, &[4096], 40_064);
+        assert_eq!(block.voltage[0][..64], full.voltage[0][40_000..40_064]);
+        // Backwards is a no-op.
+        assert_eq!(syn.skip_to(10, 0), Ok(0));
+        assert_eq!(syn.position(), 40_064);
     }
 
     #[test]

@@ -518,7 +518,7 @@ fn plot_trip_counts_cover_every_meter_of_each_group() {
 #[test]
 fn event_waveforms_are_the_probe_supply_around_the_first_onsets() {
     // Sags at 2 s and 2.05 s (overlapping windows), one at 3 s and one at 70 s: the first three
-    // onsets are recorded, 2 cycles before to 6 cycles after each; the 70 s one is not.
+    // onsets are recorded, 2 cycles before to 6 cycles after each; the 70 s one (a fourth) is not.
     let s = scenario(
         vec![
             group("w", 2, Fidelity::Waveform),
@@ -630,4 +630,75 @@ fn event_waveforms_longer_than_the_cap_are_decimated() {
     for (i, v) in w.samples[0].iter().enumerate() {
         assert_eq!(*v, block.voltage[0][first + 2 * i], "sample {i}");
     }
+}
+
+#[test]
+fn event_waveforms_reach_onsets_long_after_the_start() {
+    // A sag on L1 at 90 s, noise on every phase from 30 s to 100 s: the window is reached by
+    // skipping the samples before it (the noise stream drawn through), and shows the dip.
+    let noise = Disturbance {
+        at: 30.0,
+        point_on_wave_deg: None,
+        phases: PhaseSet::ALL,
+        groups: vec![],
+        kind: DisturbanceKind::Noise {
+            rms: 0.002,
+            duration: 70.0,
+        },
+    };
+    let s = scenario(
+        vec![group("r", 1, Fidelity::Rms)],
+        vec![sag(90.0, &[Phase::L1], 0.5, 0.2), noise],
+        100.0,
+    );
+    let obs = simulate(&s);
+    let g = &obs.plots.groups[0];
+    assert!(g.event_waveforms_omitted.is_empty());
+    assert_eq!(g.event_waveforms.len(), 1);
+    let w = &g.event_waveforms[0];
+    let onset = 90.0 + 0.25 / 60.0;
+    assert!((w.onset - onset).abs() < 1e-9, "{}", w.onset);
+    let fs = s.grid.sample_rate;
+    let first = (w.start * fs).round() as usize;
+    assert!((w.start - (onset - 2.0 / 60.0)).abs() <= 1.0 / fs);
+    // The samples are the probe synthesizer's stream, filled from t = 0.
+    let mut synth = harness::probe_synthesizer(&s, 0);
+    let mut block = sim_core::synth::SampleBlock::new(3, 4096, fs, false);
+    let mut all: Vec<Vec<f32>> = vec![Vec::new(); 3];
+    while synth.position() < (first + 1100) as u64 {
+        synth.fill(&mut block, 4096);
+        for (ch, v) in all.iter_mut().enumerate() {
+            v.extend_from_slice(&block.voltage[ch][..block.len]);
+        }
+    }
+    for (kept, stream) in w.samples.iter().zip(&all) {
+        let n = kept.len();
+        assert!((1024..=1025).contains(&n), "{n}");
+        assert_eq!(kept[..], stream[first..first + n]);
+    }
+    // L1: the full peak before the onset, half of it a cycle after; L2 keeps its peak.
+    let peak = |ch: usize, a: f64, b: f64| {
+        w.samples[ch]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (a..b).contains(&(w.start + *i as f64 * w.step - w.onset)))
+            .map(|(_, v)| f64::from(v.abs()))
+            .fold(0.0, f64::max)
+    };
+    let nominal_peak = 240.0 * std::f64::consts::SQRT_2;
+    assert!((peak(0, -2.0 / 60.0, 0.0) - nominal_peak).abs() < 4.0);
+    assert!((peak(0, 1.0 / 60.0, 2.0 / 60.0) - 0.5 * nominal_peak).abs() < 4.0);
+    assert!((peak(1, 1.0 / 60.0, 2.0 / 60.0) - nominal_peak).abs() < 4.0);
+
+    // Under a cap smaller than the noise before the window, the onset is listed as omitted
+    // with the draws it needed: 3 phases from 30 s (sample 230 400, a chunk boundary) to the
+    // start of the 512-sample chunk holding the window's first sample (that chunk is
+    // synthesized whole, its noise included; no model edge lies between).
+    let needed = 3 * (first as u64 / 512 * 512 - 230_400);
+    let (waves, omitted) = harness::event_waveforms_within(&s, 0, needed - 1);
+    assert!(waves.is_empty());
+    assert_eq!(omitted, [(w.onset, needed)]);
+    let (waves, omitted) = harness::event_waveforms_within(&s, 0, needed);
+    assert_eq!((waves.len(), omitted.len()), (1, 0));
+    assert_eq!(waves[0], *w);
 }
