@@ -271,7 +271,7 @@ pub fn export(args: &ExportArgs) -> CommandResult {
         .disturbances
         .iter()
         .filter(|d| !matches!(d.kind, DisturbanceKind::Noise { .. }))
-        .map(|d| d.at)
+        .map(|d| d.onset())
         .filter(|t| (start..end).contains(t))
         .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.min(t))))
         .unwrap_or(start);

@@ -145,7 +145,7 @@ pub const EVENT_WAVEFORM_SAMPLES_MAX: usize = 2000;
 /// to be drawn through wherever noise is active (one draw per sample and phase). An onset
 /// whose window would need more is not drawn and is listed in
 /// [`GroupPlot::event_waveforms_omitted`]. 2·10⁸ draws take about 0.5 s in a release build
-/// (1.4·10⁸ measured at 0.35 s), e.g. 1.7 h of noise on 3 phases at 12.8 kHz.
+/// (1.4·10⁸ measured at 0.35 s), e.g. 1.45 h of noise on 3 phases at 12.8 kHz.
 pub const EVENT_WAVEFORM_NOISE_DRAWS_MAX: u64 = 200_000_000;
 
 /// The sample-level waveform of a group's probe meter (the supply model with its noise, before

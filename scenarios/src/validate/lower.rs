@@ -1274,10 +1274,11 @@ impl Cx<'_> {
             let info = &cfg.analog[i];
             // The analog lines start on line 3.
             let line = 3 + i;
-            let unit = match info.unit.to_ascii_lowercase().as_str() {
-                "v" => 1.0,
-                "kv" => 1000.0,
-                "mv" => 0.001,
+            // Case matters: `MV` would be megavolts, not millivolts, so it is refused.
+            let unit = match info.unit.trim() {
+                "V" | "v" => 1.0,
+                "kV" | "KV" | "kv" => 1000.0,
+                "mV" => 0.001,
                 _ => {
                     self.err(
                         &path,
@@ -1303,6 +1304,24 @@ impl Cx<'_> {
                 continue;
             }
             let k = unit * scale;
+            // Scaled, every sample must still be a plausible voltage (and an f32 at all).
+            let limit = 100.0 * self.nominal * std::f64::consts::SQRT_2;
+            if let Some(j) = values.iter().position(|v| {
+                let x = v * k;
+                !x.is_finite() || x.abs() > limit
+            }) {
+                self.err(
+                    &path,
+                    format!(
+                        "{}: channel `{id}` sample {} is {} V after unit and scale, beyond \
+                         100 × the nominal peak ({limit:.0} V)",
+                        reports::comtrade_read::dat_path(&cfg_path).display(),
+                        j + 1,
+                        values[j] * k
+                    ),
+                );
+                continue;
+            }
             channels[p.index()] = Some(values.iter().map(|v| (v * k) as f32).collect());
         }
         if self.diags.len() != before {
