@@ -649,26 +649,12 @@ impl<'a> MeterSim<'a> {
                     front.clear();
                     rms.advance(step_end, &mut front);
                     events.clear();
-                    for ev in front.drain(..) {
-                        if let MeasureEvent::HalfCycle {
-                            ch,
-                            t_start,
-                            t_end,
-                            ms,
-                        } = ev
-                        {
-                            let ms = meter::front_end_ms(&group.front_end, ch, ms);
-                            events.push(MeasureEvent::HalfCycle {
-                                ch,
-                                t_start,
-                                t_end,
-                                ms,
-                            });
-                            aggregator.push_half_cycle(ch, t_start, t_end, ms, &mut events);
-                        } else {
-                            events.push(ev);
-                        }
-                    }
+                    crate::rms_model::measure_step(
+                        &group.front_end,
+                        &mut front,
+                        aggregator,
+                        &mut events,
+                    );
                     self.sink.consume(
                         &mut events,
                         &mut self.meter,

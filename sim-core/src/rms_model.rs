@@ -17,7 +17,8 @@ use rand_distr::StandardNormal;
 use rand_pcg::Pcg64;
 
 use crate::disturbance::{DisturbanceKind, FlickerShape};
-use crate::measure::{MeasureConfig, MeasureEvent};
+use crate::measure::{Aggregator, MeasureConfig, MeasureEvent};
+use crate::scenario::FrontEnd;
 use crate::synth::SupplyModel;
 use crate::time::Seconds;
 
@@ -663,6 +664,39 @@ impl RmsFidelity {
             }
         }
         100.0 * sum.sqrt()
+    }
+}
+
+/// The meter side of one `rms`-fidelity step: every event of `front` (as
+/// [`RmsFidelity::advance`] produced it) goes to `out`, half cycles first through the meter's
+/// front end (`meter::front_end_ms`: calibration gain, ADC) and then into `aggregator`, whose
+/// 10/12-cycle values and PQ events follow them in `out`. `front` is left empty. Sim mode and
+/// live meters both use it, so they measure alike.
+pub fn measure_step(
+    front_end: &FrontEnd,
+    front: &mut Vec<MeasureEvent>,
+    aggregator: &mut Aggregator,
+    out: &mut Vec<MeasureEvent>,
+) {
+    for ev in front.drain(..) {
+        if let MeasureEvent::HalfCycle {
+            ch,
+            t_start,
+            t_end,
+            ms,
+        } = ev
+        {
+            let ms = crate::meter::front_end_ms(front_end, ch, ms);
+            out.push(MeasureEvent::HalfCycle {
+                ch,
+                t_start,
+                t_end,
+                ms,
+            });
+            aggregator.push_half_cycle(ch, t_start, t_end, ms, out);
+        } else {
+            out.push(ev);
+        }
     }
 }
 

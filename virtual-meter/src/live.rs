@@ -263,26 +263,7 @@ impl LiveMeter {
                     front.clear();
                     rms.advance(step_end, front);
                     events.clear();
-                    for ev in front.drain(..) {
-                        if let MeasureEvent::HalfCycle {
-                            ch,
-                            t_start,
-                            t_end,
-                            ms,
-                        } = ev
-                        {
-                            let ms = meter::front_end_ms(&self.front_end, ch, ms);
-                            events.push(MeasureEvent::HalfCycle {
-                                ch,
-                                t_start,
-                                t_end,
-                                ms,
-                            });
-                            aggregator.push_half_cycle(ch, t_start, t_end, ms, events);
-                        } else {
-                            events.push(ev);
-                        }
-                    }
+                    sim_core::rms_model::measure_step(&self.front_end, front, aggregator, events);
                     feed(events, &mut self.meter, &mut self.image);
                     t = step_end;
                 }
