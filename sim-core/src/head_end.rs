@@ -21,6 +21,12 @@ pub enum AlarmKind {
     },
     /// Nothing new from the meter for longer than `stale_after`.
     Stale,
+    /// The meter stopped answering (polls time out or connections fail); raised once per
+    /// episode, re-armed when it answers again.
+    Unreachable,
+    /// The encoding handshake found the meter's registers in another encoding than expected
+    /// (word order, int16 versus float32): its readings are not stored.
+    EncodingMismatch,
 }
 
 /// One alarm, with the meter's source time and the head-end's receive time.
@@ -104,6 +110,18 @@ struct MeterState {
     latest_reading: Option<(Seconds, [f32; 3])>,
     /// A `Stale` alarm was raised and no fresh message has arrived since.
     stale: bool,
+    /// An `Unreachable` alarm was raised and the meter has not answered since.
+    unreachable: bool,
+    /// An `EncodingMismatch` alarm was raised for the meter.
+    mismatched: bool,
+}
+
+/// `meter`'s state, created on first sight (newest source time: none yet).
+fn state_of(meters: &mut BTreeMap<u32, MeterState>, meter: u32) -> &mut MeterState {
+    meters.entry(meter).or_insert_with(|| MeterState {
+        newest_source: f64::NEG_INFINITY,
+        ..MeterState::default()
+    })
 }
 
 /// The pure head-end: de-duplication by (meter, seq) and alarms.
@@ -141,10 +159,7 @@ impl HeadEnd {
     /// whose `overflow` count exceeds the last one seen from that meter raises
     /// `BufferOverflow { dropped: increase }`. Out-of-order arrival is fine.
     pub fn receive(&mut self, now: Seconds, msg: &Message) -> bool {
-        let st = self.meters.entry(msg.meter).or_insert_with(|| MeterState {
-            newest_source: f64::NEG_INFINITY,
-            ..MeterState::default()
-        });
+        let st = state_of(&mut self.meters, msg.meter);
         if !st.seen.insert(msg.seq) {
             self.duplicates += 1;
             return false;
@@ -211,9 +226,114 @@ impl HeadEnd {
         }
     }
 
-    /// Every alarm so far, in the order raised.
+    /// Every alarm so far, in the order raised (less those taken by [`HeadEnd::drain_alarms`]).
     pub fn alarms(&self) -> &[Alarm] {
         &self.alarms
+    }
+
+    /// Take the alarms raised so far (a live head-end publishes and stores them as they come).
+    pub fn drain_alarms(&mut self) -> std::vec::Drain<'_, Alarm> {
+        self.alarms.drain(..)
+    }
+
+    /// Mark (meter, seq) as already received without raising anything: a restarted head-end
+    /// restores what its durable store says it had handled, so a redelivery is a duplicate.
+    /// Returns false if it was already marked.
+    pub fn restore_seen(&mut self, meter: u32, seq: u64) -> bool {
+        let st = state_of(&mut self.meters, meter);
+        st.seen.insert(seq)
+    }
+
+    /// Restore the highest buffer-overflow count seen from `meter` (from stored alarms), so a
+    /// restarted head-end raises only increases beyond it.
+    pub fn restore_overflow(&mut self, meter: u32, overflow: u64) {
+        let st = state_of(&mut self.meters, meter);
+        st.last_overflow = st.last_overflow.max(overflow);
+    }
+
+    /// The highest overflow count seen from `meter`.
+    pub fn overflow_seen(&self, meter: u32) -> u64 {
+        self.meters.get(&meter).map_or(0, |st| st.last_overflow)
+    }
+
+    /// The meter did not answer at `now` (a poll timed out after its retries, or it refused the
+    /// connection). Raises `Unreachable` once per episode; returns whether it did.
+    pub fn unreachable(&mut self, meter: u32, now: Seconds) -> bool {
+        let st = state_of(&mut self.meters, meter);
+        if st.unreachable {
+            return false;
+        }
+        st.unreachable = true;
+        let source_time = st.newest_source;
+        self.alarms.push(Alarm {
+            meter,
+            seq: None,
+            kind: AlarmKind::Unreachable,
+            phase: None,
+            source_time,
+            receive_time: now,
+        });
+        true
+    }
+
+    /// The meter answered again: a later `unreachable` raises a new alarm.
+    pub fn reachable(&mut self, meter: u32) {
+        if let Some(st) = self.meters.get_mut(&meter) {
+            st.unreachable = false;
+        }
+    }
+
+    /// The encoding handshake failed for `meter` at `now`: raises `EncodingMismatch` once per
+    /// meter; returns whether it did.
+    pub fn encoding_mismatch(&mut self, meter: u32, now: Seconds) -> bool {
+        let st = state_of(&mut self.meters, meter);
+        if st.mismatched {
+            return false;
+        }
+        st.mismatched = true;
+        let source_time = st.newest_source;
+        self.alarms.push(Alarm {
+            meter,
+            seq: None,
+            kind: AlarmKind::EncodingMismatch,
+            phase: None,
+            source_time,
+            receive_time: now,
+        });
+        true
+    }
+
+    /// Whether the encoding handshake failed for `meter`.
+    pub fn is_mismatched(&self, meter: u32) -> bool {
+        self.meters.get(&meter).is_some_and(|st| st.mismatched)
+    }
+
+    /// Record a polled reading (no sequence number: Modbus has none) with its source time; it
+    /// freshens the meter for stale detection. Refused (false) for a meter whose encoding
+    /// handshake failed, so skewed values are never stored.
+    pub fn polled_reading(
+        &mut self,
+        meter: u32,
+        source_time: Seconds,
+        volts: [f32; 3],
+        now: Seconds,
+    ) -> bool {
+        let stale_after = self.spec.stale_after;
+        let st = state_of(&mut self.meters, meter);
+        if st.mismatched {
+            return false;
+        }
+        st.unreachable = false;
+        if source_time > st.newest_source {
+            st.newest_source = source_time;
+        }
+        if st.newest_source >= now - stale_after {
+            st.stale = false;
+        }
+        if st.latest_reading.is_none_or(|(t, _)| source_time >= t) {
+            st.latest_reading = Some((source_time, volts));
+        }
+        true
     }
 
     /// Messages received again after their first copy.
