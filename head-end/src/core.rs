@@ -109,7 +109,8 @@ impl HeadEndCore {
     pub fn restore(&mut self, records: &[AlarmRecord]) {
         for r in records {
             if let Some((meter, seq)) = r.key() {
-                self.inner.restore_seen(meter, seq);
+                let source = r.source_ms.map_or(f64::NEG_INFINITY, secs);
+                self.inner.restore_seen(meter, seq, source);
             }
             match r.kind {
                 Kind::BufferOverflow => {

@@ -13,7 +13,9 @@ pub mod alarm;
 pub mod core;
 pub mod decode;
 pub mod store;
+pub mod subscriber;
 
 pub use alarm::{AlarmRecord, Kind};
 pub use core::{HeadEndCore, IngestStats, MeterInfo, PollEvent};
 pub use store::{AlarmStore, StoreError};
+pub use subscriber::{run_head_end, HeadEndError, HeadEndReport, Outputs, SubscriberConfig};

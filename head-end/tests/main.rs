@@ -1,1 +1,2 @@
 //! Integration tests of the head-end on real sockets.
+mod subscriber;

@@ -238,9 +238,14 @@ impl HeadEnd {
 
     /// Mark (meter, seq) as already received without raising anything: a restarted head-end
     /// restores what its durable store says it had handled, so a redelivery is a duplicate.
-    /// Returns false if it was already marked.
-    pub fn restore_seen(&mut self, meter: u32, seq: u64) -> bool {
+    /// `source_time` is the message's source timestamp: the meter is as fresh as that (so a
+    /// restarted head-end does not call every restored meter stale at once). Returns false if
+    /// it was already marked.
+    pub fn restore_seen(&mut self, meter: u32, seq: u64, source_time: Seconds) -> bool {
         let st = state_of(&mut self.meters, meter);
+        if source_time > st.newest_source {
+            st.newest_source = source_time;
+        }
         st.seen.insert(seq)
     }
 

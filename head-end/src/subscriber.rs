@@ -1,0 +1,317 @@
+//! The head-end's tokio shell: an MQTT subscriber feeding [`HeadEndCore`], the Modbus poller's
+//! events, periodic stale checks, and the alarm outputs (durable store, MQTT alarm topic, an
+//! in-process channel for the harness).
+//!
+//! Delivery guarantees:
+//! - a persistent session (`clean_session = false`, a fixed client id): while this head-end is
+//!   down the broker queues QoS-1 messages for it;
+//! - manual acknowledgements: a batch of messages is acknowledged (in arrival order, as MQTT
+//!   3.1.1 requires) only after the alarms it raised are synced to the store, so a crash between
+//!   receipt and sync makes the broker redeliver, and the restored store makes the redelivery a
+//!   duplicate that raises nothing.
+//! - partitioning: one instance per substation set (`gridloop/{substation}/…` filters), or
+//!   several instances sharing one subscription (`$share/{group}/…`) where the broker supports
+//!   MQTT shared subscriptions (Mosquitto 2 and rumqttd do).
+//!
+//! An alarm's receive time is when the core raised it (after queueing and decoding), so its
+//! latency includes the head-end's own processing.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::{mpsc, watch};
+
+use crate::alarm::AlarmRecord;
+use crate::core::{HeadEndCore, IngestStats, PollEvent};
+use crate::store::{AlarmStore, StoreError};
+
+/// How the head-end connects and what it subscribes to.
+#[derive(Debug, Clone)]
+pub struct SubscriberConfig {
+    pub broker: SocketAddr,
+    /// MQTT client id; keep it stable across restarts so the persistent session is found.
+    pub client_id: String,
+    /// Substations this instance handles; empty = all (`+`).
+    pub substations: Vec<String>,
+    /// Share the subscription with other instances in this group (`$share/{group}/…`).
+    pub share_group: Option<String>,
+    /// `false` (default): a persistent session, so the broker queues while we are down.
+    pub clean_session: bool,
+    pub keep_alive: Duration,
+    /// Publish every alarm on `gridloop/{substation}/head-end/{instance}/alarm` (QoS 1).
+    pub publish_alarms: bool,
+    /// How often stale meters are looked for.
+    pub stale_check: Duration,
+    /// Most messages handled between two store syncs.
+    pub max_batch: usize,
+}
+
+impl SubscriberConfig {
+    pub fn new(broker: SocketAddr, client_id: &str) -> SubscriberConfig {
+        SubscriberConfig {
+            broker,
+            client_id: client_id.to_owned(),
+            substations: Vec::new(),
+            share_group: None,
+            clean_session: false,
+            keep_alive: Duration::from_secs(10),
+            publish_alarms: true,
+            stale_check: Duration::from_secs(1),
+            max_batch: 4096,
+        }
+    }
+
+    /// The topic filters this instance subscribes to.
+    pub fn filters(&self) -> Vec<String> {
+        let subs: Vec<&str> = if self.substations.is_empty() {
+            vec!["+"]
+        } else {
+            self.substations.iter().map(String::as_str).collect()
+        };
+        let mut out = Vec::new();
+        for s in subs {
+            for suffix in ["event", "telemetry", "status"] {
+                let filter = format!("gridloop/{s}/+/+/{suffix}");
+                out.push(match &self.share_group {
+                    Some(g) => format!("$share/{g}/{filter}"),
+                    None => filter,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeadEndError {
+    #[error("alarm store: {0}")]
+    Store(#[from] StoreError),
+    #[error("MQTT client request queue closed: {0}")]
+    Client(String),
+}
+
+/// What a head-end run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct HeadEndReport {
+    pub ingest: IngestStats,
+    pub connects: u64,
+    /// Connection errors (each followed by a reconnect attempt).
+    pub connection_errors: u64,
+    /// Messages acknowledged to the broker.
+    pub acked: u64,
+    pub alarms_stored: u64,
+    pub alarms_published: u64,
+    /// Largest batch handled between two store syncs.
+    pub max_batch: usize,
+}
+
+/// Unix ms now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+enum FromBroker {
+    Connected { session_present: bool },
+    Publish(Publish),
+    Error(String),
+}
+
+/// Outputs besides the store.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Every alarm as it is raised (after the store sync).
+    pub alarms: Option<mpsc::UnboundedSender<AlarmRecord>>,
+    /// Poll events from the Modbus poller.
+    pub polls: Option<mpsc::Receiver<PollEvent>>,
+}
+
+/// Run the head-end until `stop` turns true: subscribe, ingest, store, publish. Returns the
+/// report and the core (for the harness to read the ingestion state).
+pub async fn run_head_end(
+    cfg: SubscriberConfig,
+    mut core: HeadEndCore,
+    mut store: Option<AlarmStore>,
+    mut outputs: Outputs,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(HeadEndReport, HeadEndCore), HeadEndError> {
+    let mut opts = MqttOptions::new(
+        cfg.client_id.clone(),
+        cfg.broker.ip().to_string(),
+        cfg.broker.port(),
+    );
+    opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
+    opts.set_clean_session(cfg.clean_session);
+    opts.set_manual_acks(true);
+    opts.set_inflight(u16::MAX);
+    opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(opts, 65_536);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // The event loop runs on its own task and only forwards, so a slow batch (store sync)
+    // never stalls keep-alives or acknowledgements.
+    let pump = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send(FromBroker::Publish(p)).is_err() {
+                        break;
+                    }
+                }
+                Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                    backoff = Duration::from_millis(50);
+                    if tx
+                        .send(FromBroker::Connected {
+                            session_present: c.session_present,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if tx.send(FromBroker::Error(e.to_string())).is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    });
+
+    let mut report = HeadEndReport::default();
+    let mut stale = tokio::time::interval(cfg.stale_check.max(Duration::from_millis(10)));
+    stale.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut alarms: Vec<AlarmRecord> = Vec::new();
+    let mut to_ack: Vec<Publish> = Vec::new();
+    let filters = cfg.filters();
+    let mut polls_open = outputs.polls.is_some();
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = async { let _ = stop.wait_for(|s| *s).await; } => break Ok(()),
+            msg = rx.recv() => {
+                let Some(first) = msg else { break Ok(()) };
+                let mut next = Some(first);
+                let mut batch = 0usize;
+                let mut fatal = None;
+                while let Some(m) = next.take() {
+                    match m {
+                        FromBroker::Publish(p) => {
+                            batch += 1;
+                            let now = now_ms();
+                            if let Err(e) = core.on_mqtt(&p.topic, &p.payload, now, &mut alarms) {
+                                tracing::warn!("head-end {}: refused: {e}", core.instance());
+                            }
+                            to_ack.push(p);
+                        }
+                        FromBroker::Connected { session_present } => {
+                            report.connects += 1;
+                            tracing::info!(
+                                "head-end {}: connected to {} (session present: {session_present})",
+                                core.instance(), cfg.broker
+                            );
+                            let subs = filters
+                                .iter()
+                                .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                            if let Err(e) = client.subscribe_many(subs).await {
+                                fatal = Some(HeadEndError::Client(e.to_string()));
+                            }
+                        }
+                        FromBroker::Error(e) => {
+                            report.connection_errors += 1;
+                            // Unacknowledged messages of a lost connection are redelivered on the
+                            // next one (persistent session); acks for them would be invalid.
+                            to_ack.clear();
+                            tracing::warn!("head-end {}: broker connection: {e}", core.instance());
+                        }
+                    }
+                    if batch < cfg.max_batch {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                report.max_batch = report.max_batch.max(batch);
+                if let Some(e) = fatal.take() {
+                    break Err(e);
+                }
+                if let Err(e) = flush(&client, &mut store, &mut outputs, &mut alarms, &mut to_ack, &cfg, &mut report).await {
+                    break Err(e);
+                }
+            }
+            ev = async { match outputs.polls.as_mut() { Some(p) => p.recv().await, None => None } }, if polls_open => {
+                match ev {
+                    Some(ev) => {
+                        core.on_poll(ev, now_ms(), &mut alarms);
+                        if let Err(e) = flush(&client, &mut store, &mut outputs, &mut alarms, &mut to_ack, &cfg, &mut report).await {
+                            break Err(e);
+                        }
+                    }
+                    None => polls_open = false,
+                }
+            }
+            _ = stale.tick() => {
+                core.check_stale(now_ms(), &mut alarms);
+                if let Err(e) = flush(&client, &mut store, &mut outputs, &mut alarms, &mut to_ack, &cfg, &mut report).await {
+                    break Err(e);
+                }
+            }
+        }
+    };
+    let _ = client.disconnect().await;
+    // Give the event loop a moment to send DISCONNECT, bounded.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while !pump.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    pump.abort();
+    report.ingest = core.stats();
+    result.map(|()| (report, core))
+}
+
+async fn flush(
+    client: &AsyncClient,
+    store: &mut Option<AlarmStore>,
+    outputs: &mut Outputs,
+    alarms: &mut Vec<AlarmRecord>,
+    to_ack: &mut Vec<Publish>,
+    cfg: &SubscriberConfig,
+    report: &mut HeadEndReport,
+) -> Result<(), HeadEndError> {
+    if !alarms.is_empty() {
+        if let Some(store) = store.as_mut() {
+            store.append(alarms)?;
+            report.alarms_stored += alarms.len() as u64;
+        }
+        for a in alarms.drain(..) {
+            if cfg.publish_alarms {
+                match serde_json::to_vec(&a) {
+                    Ok(bytes) => {
+                        client
+                            .publish(a.topic(), QoS::AtLeastOnce, false, bytes)
+                            .await
+                            .map_err(|e| HeadEndError::Client(e.to_string()))?;
+                        report.alarms_published += 1;
+                    }
+                    Err(e) => tracing::warn!("cannot encode an alarm: {e}"),
+                }
+            }
+            if let Some(tx) = &outputs.alarms {
+                let _ = tx.send(a);
+            }
+        }
+    }
+    for p in to_ack.drain(..) {
+        client
+            .ack(&p)
+            .await
+            .map_err(|e| HeadEndError::Client(e.to_string()))?;
+        report.acked += 1;
+    }
+    Ok(())
+}
