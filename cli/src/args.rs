@@ -192,6 +192,33 @@ pub struct RunArgs {
     /// Print only failing scenarios and the totals; no progress bar
     #[arg(long, short = 'q')]
     pub quiet: bool,
+
+    /// `sim`: virtual time, modelled network (fast, deterministic). `live`: real time on real
+    /// sockets — broker, virtual meters and the head-end — judged by the same expectations
+    /// (scenarios run one after another)
+    #[arg(long, value_enum, default_value_t = Mode::Sim)]
+    pub mode: Mode,
+
+    /// Live mode: pacing step in milliseconds (how often meters catch up with the wall clock;
+    /// a trip is seen at most one step after it happens)
+    #[arg(long, value_name = "MS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub step_ms: u64,
+
+    /// Live mode: longest wait at the end for the head-end to receive what the broker
+    /// acknowledged
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub drain_s: u64,
+
+    #[command(flatten)]
+    pub mqtt: crate::mqtt_links::MqttArgs,
+}
+
+/// How a scenario is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Sim,
+    Live,
+    Hil,
 }
 
 #[derive(Debug, Clone, Args)]

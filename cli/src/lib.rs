@@ -9,6 +9,7 @@ pub mod commands;
 pub mod exit;
 pub mod export;
 pub mod fleet;
+pub mod live;
 pub mod load;
 pub mod meter;
 pub mod mqtt_links;

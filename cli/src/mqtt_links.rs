@@ -145,6 +145,18 @@ impl Links {
         args: &MqttArgs,
         epoch_ms: u64,
     ) -> Links {
+        Links::spawn_via(scenario, meters, &[addr], args, epoch_ms)
+    }
+
+    /// [`Links::spawn`] with a broker address per group (`addrs[group]`, or `addrs[0]` for
+    /// all): live mode points each group at its own network-impairment proxy.
+    pub fn spawn_via(
+        scenario: &Scenario,
+        meters: Vec<(SharedMeter, MeterRef)>,
+        addrs: &[std::net::SocketAddr],
+        args: &MqttArgs,
+        epoch_ms: u64,
+    ) -> Links {
         let counters = Arc::new(LinkCounters::default());
         let all: Vec<SharedMeter> = meters.iter().map(|(m, _)| m.clone()).collect();
         let (stop, stop_rx) = watch::channel(false);
@@ -158,6 +170,11 @@ impl Links {
         let configs: Vec<LinkConfig> = meters
             .iter()
             .map(|(_, which)| {
+                let addr = addrs
+                    .get(which.group)
+                    .or(addrs.first())
+                    .copied()
+                    .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 1883)));
                 let mut cfg = LinkConfig::for_meter(
                     scenario,
                     *which,

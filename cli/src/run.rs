@@ -13,14 +13,16 @@ use rayon::prelude::*;
 use reports::{JsonReporter, JunitReporter, Reporter, RunEvent, RunSummary, TerminalReporter};
 use sim_core::outcome::{ExpectationOutcome, ScenarioOutcome};
 
-use crate::args::RunArgs;
+use crate::args::{Mode, RunArgs};
 use crate::exit::{
     CommandResult, Failure, OrExit, ENVIRONMENT, EXPECTATION_FAILED, INVALID_INPUT, NOTHING_RAN,
     SUCCESS,
 };
+use crate::live::{run_live, LiveOptions};
 use crate::load::{self, LoadedScenario};
 use crate::report_dir::StagedReporters;
 use crate::staged::same_file;
+use sim_core::Scenario;
 
 /// Expectation kind reported for a scenario whose run panicked.
 pub const PANIC_KIND: &str = "panic";
@@ -142,7 +144,46 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
         }
     }
 
-    let outcomes = run_in_order(&pool, &jobs, sim_core::harness::run, |outcome, wall| {
+    let live = match args.mode {
+        Mode::Sim => None,
+        Mode::Live => Some(LiveOptions {
+            broker: args.mqtt.broker_url()?.ok_or_else(|| {
+                Failure::msg(
+                    INVALID_INPUT,
+                    "--mode live needs a broker (not `--broker none`)",
+                )
+            })?,
+            step: Duration::from_millis(args.step_ms),
+            drain: Duration::from_secs(args.drain_s),
+            mqtt: args.mqtt.clone(),
+        }),
+        Mode::Hil => {
+            return Err(Failure::msg(
+                ENVIRONMENT,
+                "--mode hil needs the HIL bridge, which is not built yet",
+            ))
+        }
+    };
+    // Live runs take real time and real sockets: one scenario at a time.
+    let live_pool;
+    let (pool, runner): (
+        &rayon::ThreadPool,
+        Box<dyn Fn(&Scenario, &str) -> ScenarioOutcome + Sync>,
+    ) = match &live {
+        None => (&pool, Box::new(sim_core::harness::run)),
+        Some(opts) => {
+            live_pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|i| format!("gridloop-live-{i}"))
+                .build()
+                .or_exit(ENVIRONMENT, || "cannot start the live runner thread".into())?;
+            (
+                &live_pool,
+                Box::new(move |s: &Scenario, f: &str| run_live(s, f, opts)),
+            )
+        }
+    };
+    let outcomes = run_in_order(pool, &jobs, runner, |outcome, wall| {
         bar.inc(1);
         to_terminal(&RunEvent::ScenarioFinished {
             outcome,
@@ -206,7 +247,7 @@ pub fn run_in_order<R>(
     mut on_finished: impl FnMut(&ScenarioOutcome, Duration),
 ) -> Vec<ScenarioOutcome>
 where
-    R: Fn(&sim_core::Scenario, &str) -> ScenarioOutcome + Sync,
+    R: Fn(&Scenario, &str) -> ScenarioOutcome + Sync,
 {
     let (tx, rx) = mpsc::channel::<(usize, ScenarioOutcome, Duration)>();
     let mut pending: Vec<Option<(ScenarioOutcome, Duration)>> = jobs.iter().map(|_| None).collect();
@@ -242,7 +283,7 @@ where
 /// Run one scenario; a panic becomes a failed scenario that says so.
 pub fn run_guarded<R>(job: &LoadedScenario, runner: R) -> ScenarioOutcome
 where
-    R: Fn(&sim_core::Scenario, &str) -> ScenarioOutcome,
+    R: Fn(&Scenario, &str) -> ScenarioOutcome,
 {
     LAST_PANIC.with(|p| p.borrow_mut().take());
     match catch_unwind(AssertUnwindSafe(|| runner(&job.scenario, &job.display))) {

@@ -115,6 +115,7 @@ pub fn now_ms() -> u64 {
 
 enum FromBroker {
     Connected { session_present: bool },
+    Subscribed,
     Publish(Publish),
     Error(String),
 }
@@ -126,6 +127,10 @@ pub struct Outputs {
     pub alarms: Option<mpsc::UnboundedSender<AlarmRecord>>,
     /// Poll events from the Modbus poller.
     pub polls: Option<mpsc::Receiver<PollEvent>>,
+    /// Told once the first subscription is acknowledged (the head-end hears from then on).
+    pub subscribed: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Publish packets handled so far (for a harness waiting until everything arrived).
+    pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// Run the head-end until `stop` turns true: subscribe, ingest, store, publish. Returns the
@@ -157,6 +162,11 @@ pub async fn run_head_end(
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if tx.send(FromBroker::Publish(p)).is_err() {
+                        break;
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if tx.send(FromBroker::Subscribed).is_err() {
                         break;
                     }
                 }
@@ -208,6 +218,9 @@ pub async fn run_head_end(
                                 tracing::warn!("head-end {}: refused: {e}", core.instance());
                             }
                             to_ack.push(p);
+                            if let Some(c) = &outputs.progress {
+                                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                         }
                         FromBroker::Connected { session_present } => {
                             report.connects += 1;
@@ -220,6 +233,11 @@ pub async fn run_head_end(
                                 .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
                             if let Err(e) = client.subscribe_many(subs).await {
                                 fatal = Some(HeadEndError::Client(e.to_string()));
+                            }
+                        }
+                        FromBroker::Subscribed => {
+                            if let Some(tx) = outputs.subscribed.take() {
+                                let _ = tx.send(());
                             }
                         }
                         FromBroker::Error(e) => {

@@ -140,7 +140,7 @@ fn start(cfg: SubscriberConfig, store: Option<&std::path::Path>) -> Running {
     let (stop, stop_rx) = watch::channel(false);
     let outputs = Outputs {
         alarms: Some(tx),
-        polls: None,
+        ..Outputs::default()
     };
     let task = tokio::spawn(run_head_end(cfg, core, store, outputs, stop_rx));
     Running { stop, alarms, task }

@@ -297,14 +297,74 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
         head_end.check_stale(check);
     }
 
-    let group_of: Vec<usize> = sims.iter().map(|s| s.group).collect();
+    let mut records = Vec::with_capacity(sims.len());
+    let mut probes = vec![ProbeRecord::default(); scenario.groups.len()];
+    let (mut samples, mut half_cycles) = (0, 0);
+    for sim in sims {
+        records.push(sim.record());
+        samples += sim.samples * sim.cfg.channels as u64;
+        half_cycles += sim.sink.half_cycles;
+        if let Some(tap) = sim.sink.tap {
+            probes[sim.group] = tap.finish();
+        }
+    }
+    observe(
+        scenario,
+        RunFacts {
+            meters: records,
+            probes,
+            alarms: head_end.alarms(),
+            samples,
+            half_cycles,
+            delivered: head_end.unique(),
+            duplicates: head_end.duplicates(),
+            missing: &|meter, produced| head_end.missing(meter, produced),
+        },
+    )
+}
+
+/// What a run gathered before judging — sim mode from its simulated meters, links and
+/// head-end, live mode from its virtual meters and the live head-end.
+#[allow(missing_debug_implementations)]
+pub struct RunFacts<'a> {
+    /// Every meter's record, in id order.
+    pub meters: Vec<MeterRecord>,
+    /// Per group: what its probe meter (meter 0) recorded.
+    pub probes: Vec<ProbeRecord>,
+    /// Every alarm the head-end raised, times in grid seconds.
+    pub alarms: &'a [Alarm],
+    /// Samples synthesized (all channels) and half-cycle values evaluated.
+    pub samples: u64,
+    pub half_cycles: u64,
+    /// Distinct (meter, seq) the head-end received, and duplicates it discarded.
+    pub delivered: u64,
+    pub duplicates: u64,
+    /// How many of seqs `0..produced` of a meter never reached the head-end.
+    pub missing: &'a dyn Fn(u32, u64) -> u64,
+}
+
+/// Gather [`Observations`] from what a run saw: trip alarms attributed to their disturbance
+/// onsets, run statistics, the loss balance per meter, timeline and plots.
+pub fn observe(scenario: &Scenario, facts: RunFacts<'_>) -> Observations {
+    let RunFacts {
+        meters: records,
+        probes: mut probe_records,
+        alarms,
+        samples,
+        half_cycles,
+        delivered,
+        duplicates,
+        missing,
+    } = facts;
+    let group_of: std::collections::HashMap<u32, usize> =
+        records.iter().map(|r| (r.id, r.group)).collect();
     let mut onset_cache: Vec<[Option<Vec<Window>>; 3]> =
         vec![[None, None, None]; scenario.groups.len()];
     let lag = attribution_lag(scenario);
     let mut trip_alarms = Vec::new();
-    for alarm in head_end.alarms() {
+    for alarm in alarms {
         if let (AlarmKind::Trip(_), Some(phase)) = (&alarm.kind, alarm.phase) {
-            let group = group_of.get(alarm.meter as usize).copied().unwrap_or(0);
+            let group = group_of.get(&alarm.meter).copied().unwrap_or(0);
             let onsets = onset_cache[group][phase.index()]
                 .get_or_insert_with(|| voltage_onsets(scenario, group, phase));
             let onset = attribute_onset(onsets, alarm.source_time, lag);
@@ -317,25 +377,24 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
     }
 
     let mut stats = RunStats {
-        meters: sims.len() as u64,
+        meters: records.len() as u64,
+        samples,
+        half_cycles,
         ..RunStats::default()
     };
-    let mut meters = Vec::with_capacity(sims.len());
+    let mut meters = Vec::with_capacity(records.len());
     let mut probes = vec![Vec::new(); scenario.groups.len()];
     let mut pq_events = vec![Vec::new(); scenario.groups.len()];
     let mut plot_groups: Vec<Option<GroupPlot>> = vec![None; scenario.groups.len()];
     let trip_bucket = scenario.duration / TRIP_BUCKETS as f64;
     let mut trip_counts = vec![vec![0_u64; TRIP_BUCKETS]; scenario.groups.len()];
-    for sim in sims {
-        let record = sim.record();
+    for record in records {
         for (t, ev) in &record.events {
             if ev.code.is_trip() && trip_bucket > 0.0 {
                 let k = ((t / trip_bucket).floor().max(0.0) as usize).min(TRIP_BUCKETS - 1);
                 trip_counts[record.group][k] += 1;
             }
         }
-        stats.samples += sim.samples * sim.cfg.channels as u64;
-        stats.half_cycles += sim.sink.half_cycles;
         stats.produced += record.produced;
         stats.overflowed += record.overflowed;
         stats.buffered_at_end += record.buffered_at_end;
@@ -348,22 +407,18 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
         }
         // Every message never delivered must be a ring overflow or still in the ring; any
         // difference either way is a defect somewhere and fails `delivered`.
-        let missing = head_end.missing(record.id, record.produced);
+        let missing = missing(record.id, record.produced);
         stats.unexplained_loss += missing.abs_diff(record.overflowed + record.buffered_at_end);
         if record.index == 0 {
             let group = &scenario.groups[record.group];
+            let probe = std::mem::take(&mut probe_records[record.group]);
             let (waveforms, omitted) =
                 event_waveforms_within(scenario, record.group, EVENT_WAVEFORM_NOISE_DRAWS_MAX);
             plot_groups[record.group] = Some(GroupPlot {
                 name: group.name.clone(),
                 thresholds: group.thresholds,
                 nominal: scenario.grid.nominal,
-                rms: sim
-                    .sink
-                    .rms_trace
-                    .into_iter()
-                    .map(RmsTrace::finish)
-                    .collect(),
+                rms: probe.rms,
                 events: record
                     .events
                     .iter()
@@ -378,17 +433,12 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
                 alarm_latencies: plot_latencies(&trip_alarms, record.group),
                 meters: group.count,
                 trips: Vec::new(),
-                thd: sim
-                    .sink
-                    .thd_trace
-                    .into_iter()
-                    .map(RmsTrace::finish)
-                    .collect(),
+                thd: probe.thd,
                 event_waveforms: waveforms,
                 event_waveforms_omitted: omitted,
             });
-            probes[record.group] = sim.probes;
-            pq_events[record.group] = sim.sink.pq_events;
+            probes[record.group] = probe.probes;
+            pq_events[record.group] = probe.pq_events;
         }
         meters.push(record);
     }
@@ -402,9 +452,9 @@ pub fn simulate_in_slices(scenario: &Scenario, slice: Seconds) -> Observations {
                 .collect();
         }
     }
-    stats.delivered = head_end.unique();
-    stats.duplicates = head_end.duplicates();
-    stats.alarms = head_end.alarms().len() as u64;
+    stats.delivered = delivered;
+    stats.duplicates = duplicates;
+    stats.alarms = alarms.len() as u64;
     let latencies: Vec<Seconds> = trip_alarms.iter().map(AlarmRecord::latency).collect();
     stats.alarm_latency = latency_summary(&latencies);
 
@@ -517,7 +567,6 @@ struct MeterSim<'a> {
     meter: Meter,
     link: Link,
     sink: MeterSink,
-    probes: Vec<Probe>,
     source: Source,
     /// Samples per channel synthesized so far (waveform fidelity).
     samples: u64,
@@ -575,30 +624,10 @@ impl<'a> MeterSim<'a> {
             link,
             sink: MeterSink {
                 deliveries: Vec::new(),
-                pq_events: Vec::new(),
                 scratch: Vec::new(),
                 half_cycles: 0,
-                keep_pq: probe,
                 last_t: 0.0,
-                rms_trace: if probe {
-                    (0..scenario.grid.channels())
-                        .map(|_| RmsTrace::new(scenario.duration))
-                        .collect()
-                } else {
-                    Vec::new()
-                },
-                thd_trace: if probe {
-                    (0..scenario.grid.channels())
-                        .map(|_| RmsTrace::new(scenario.duration))
-                        .collect()
-                } else {
-                    Vec::new()
-                },
-            },
-            probes: if probe {
-                probe_requests(scenario, g)
-            } else {
-                Vec::new()
+                tap: probe.then(|| Box::new(ProbeTap::new(scenario, g))),
             },
             source,
             samples: 0,
@@ -633,12 +662,8 @@ impl<'a> MeterSim<'a> {
                     events.clear();
                     measurement.push(&block, &mut events);
                     self.samples += n as u64;
-                    self.sink.consume(
-                        &mut events,
-                        &mut self.meter,
-                        &mut self.link,
-                        &mut self.probes,
-                    );
+                    self.sink
+                        .consume(&mut events, &mut self.meter, &mut self.link);
                 }
             }
             Source::Rms { rms, aggregator, t } => {
@@ -655,12 +680,8 @@ impl<'a> MeterSim<'a> {
                         aggregator,
                         &mut events,
                     );
-                    self.sink.consume(
-                        &mut events,
-                        &mut self.meter,
-                        &mut self.link,
-                        &mut self.probes,
-                    );
+                    self.sink
+                        .consume(&mut events, &mut self.meter, &mut self.link);
                     *t = step_end;
                 }
             }
@@ -676,12 +697,8 @@ impl<'a> MeterSim<'a> {
             Source::Waveform { measurement, .. } => measurement.finish(end, &mut events),
             Source::Rms { aggregator, .. } => aggregator.finish(end, &mut events),
         }
-        self.sink.consume(
-            &mut events,
-            &mut self.meter,
-            &mut self.link,
-            &mut self.probes,
-        );
+        self.sink
+            .consume(&mut events, &mut self.meter, &mut self.link);
         self.sink.catch_up(end, &mut self.meter, &mut self.link);
         self.meter.advance(end);
         self.sink.flush(end, &mut self.meter, &mut self.link);
@@ -705,16 +722,85 @@ impl<'a> MeterSim<'a> {
 #[derive(Debug)]
 struct MeterSink {
     deliveries: Vec<(Seconds, Message)>,
-    pq_events: Vec<PqEvent>,
     scratch: Vec<Seconds>,
     half_cycles: u64,
-    keep_pq: bool,
     /// Time of the last event handled.
     last_t: Seconds,
-    /// The probe meter's 10/12-cycle RMS per channel, for plots (empty for other meters).
+    /// What the group's probe meter records (none for other meters).
+    tap: Option<Box<ProbeTap>>,
+}
+
+/// What a group's probe meter (meter 0) records beyond its meter's own log: the values the
+/// expectations probe, its power-quality events, and its RMS and THD over time for plots. Sim
+/// mode's harness and live mode's meters feed it the same measurement events.
+#[derive(Debug, Clone)]
+pub struct ProbeTap {
+    probes: Vec<Probe>,
+    pq_events: Vec<PqEvent>,
+    /// 10/12-cycle RMS per channel.
     rms_trace: Vec<RmsTrace>,
-    /// The probe meter's THD (%) per 10/12-cycle window per channel, for plots.
+    /// THD (%) per 10/12-cycle window per channel.
     thd_trace: Vec<RmsTrace>,
+}
+
+/// What a [`ProbeTap`] recorded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProbeRecord {
+    pub probes: Vec<Probe>,
+    pub pq_events: Vec<PqEvent>,
+    pub rms: Vec<Vec<(Seconds, f64)>>,
+    pub thd: Vec<Vec<(Seconds, f64)>>,
+}
+
+impl ProbeTap {
+    /// The tap of `group`'s probe meter: the probes its expectations ask for.
+    pub fn new(scenario: &Scenario, group: usize) -> ProbeTap {
+        let traces = || {
+            (0..scenario.grid.channels())
+                .map(|_| RmsTrace::new(scenario.duration))
+                .collect()
+        };
+        ProbeTap {
+            probes: probe_requests(scenario, group),
+            pq_events: Vec::new(),
+            rms_trace: traces(),
+            thd_trace: traces(),
+        }
+    }
+
+    /// One measurement event.
+    pub fn offer(&mut self, ev: &MeasureEvent) {
+        match ev {
+            MeasureEvent::Pq(pq) => self.pq_events.push(pq.clone()),
+            MeasureEvent::Rms10 {
+                ch, t_end, value, ..
+            } => {
+                if let Some(trace) = self.rms_trace.get_mut(*ch) {
+                    trace.push(*t_end, *value);
+                }
+            }
+            MeasureEvent::Thd {
+                ch, t_end, percent, ..
+            } => {
+                if let Some(trace) = self.thd_trace.get_mut(*ch) {
+                    trace.push(*t_end, *percent);
+                }
+            }
+            _ => {}
+        }
+        for probe in &mut self.probes {
+            probe.offer(ev);
+        }
+    }
+
+    pub fn finish(self) -> ProbeRecord {
+        ProbeRecord {
+            probes: self.probes,
+            pq_events: self.pq_events,
+            rms: self.rms_trace.into_iter().map(RmsTrace::finish).collect(),
+            thd: self.thd_trace.into_iter().map(RmsTrace::finish).collect(),
+        }
+    }
 }
 
 /// One channel's 10/12-cycle RMS for plots, bounded: time is cut into `RMS_PLOT_MAX / 2` equal
@@ -893,38 +979,16 @@ fn plot_latencies(trip_alarms: &[AlarmRecord], group: usize) -> Vec<(Seconds, Se
 }
 
 impl MeterSink {
-    fn consume(
-        &mut self,
-        events: &mut [MeasureEvent],
-        meter: &mut Meter,
-        link: &mut Link,
-        probes: &mut [Probe],
-    ) {
+    fn consume(&mut self, events: &mut [MeasureEvent], meter: &mut Meter, link: &mut Link) {
         // Channels interleave within a block; the meter needs one time order.
         events.sort_by(|a, b| a.time().total_cmp(&b.time()));
         for ev in events.iter() {
             self.catch_up(ev.time(), meter, link);
-            match ev {
-                MeasureEvent::HalfCycle { .. } => self.half_cycles += 1,
-                MeasureEvent::Pq(pq) if self.keep_pq => self.pq_events.push(pq.clone()),
-                MeasureEvent::Rms10 {
-                    ch, t_end, value, ..
-                } => {
-                    if let Some(trace) = self.rms_trace.get_mut(*ch) {
-                        trace.push(*t_end, *value);
-                    }
-                }
-                MeasureEvent::Thd {
-                    ch, t_end, percent, ..
-                } => {
-                    if let Some(trace) = self.thd_trace.get_mut(*ch) {
-                        trace.push(*t_end, *percent);
-                    }
-                }
-                _ => {}
+            if let MeasureEvent::HalfCycle { .. } = ev {
+                self.half_cycles += 1;
             }
-            for probe in probes.iter_mut() {
-                probe.offer(ev);
+            if let Some(tap) = &mut self.tap {
+                tap.offer(ev);
             }
             meter.on_measure(ev);
             self.flush(ev.time(), meter, link);
@@ -966,7 +1030,8 @@ impl MeterSink {
 }
 
 impl Probe {
-    fn offer(&mut self, ev: &MeasureEvent) {
+    /// Take the value of the window that contains `at` from a measurement event.
+    pub fn offer(&mut self, ev: &MeasureEvent) {
         // Urms(1/2) windows overlap by half a cycle: the one that starts at the last half-cycle
         // boundary before `at` wins, so keep offering those; other windows tile time.
         if self.value.is_some() && self.quantity != Quantity::UrmsHalfCycle {

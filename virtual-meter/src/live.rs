@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use sim_core::harness::{derive_seed, resolved_disturbances};
+use sim_core::harness::{derive_seed, resolved_disturbances, ProbeRecord, ProbeTap};
 use sim_core::measure::{Aggregator, MeasureConfig, MeasureEvent, Measurement};
 use sim_core::meter::{self, Meter, MeterConfig};
 use sim_core::rms_model::RmsFidelity;
@@ -89,6 +89,8 @@ pub struct LiveMeter {
     drained: u64,
     /// Set by [`LiveMeter::attach_outbox`]: messages stay in the meter's ring for a link.
     outbox: Option<Outbox>,
+    /// Set by [`LiveMeter::tap_probes`] on a group's probe meter in live mode.
+    tap: Option<Box<ProbeTap>>,
 }
 
 /// Wake-up for a link taking messages from a [`LiveMeter`]'s ring: called (with the meter
@@ -186,6 +188,7 @@ impl LiveMeter {
             finished: false,
             drained: 0,
             outbox: None,
+            tap: None,
         }
     }
 
@@ -253,7 +256,12 @@ impl LiveMeter {
                     events.clear();
                     measurement.push(block, events);
                     *done += n as u64;
-                    feed(events, &mut self.meter, &mut self.image);
+                    feed(
+                        events,
+                        &mut self.meter,
+                        &mut self.image,
+                        self.tap.as_deref_mut(),
+                    );
                 }
             }
             Source::Rms { rms, aggregator } => {
@@ -264,7 +272,12 @@ impl LiveMeter {
                     rms.advance(step_end, front);
                     events.clear();
                     sim_core::rms_model::measure_step(&self.front_end, front, aggregator, events);
-                    feed(events, &mut self.meter, &mut self.image);
+                    feed(
+                        events,
+                        &mut self.meter,
+                        &mut self.image,
+                        self.tap.as_deref_mut(),
+                    );
                     t = step_end;
                 }
             }
@@ -287,6 +300,18 @@ impl LiveMeter {
                 }
             }
         }
+    }
+
+    /// Record what sim mode's probe meter records (the expectations' probe values, power-quality
+    /// events, RMS and THD for plots), from now on: call it before the first `advance_to` on
+    /// meter 0 of `group` so live mode judges the same values.
+    pub fn tap_probes(&mut self, scenario: &Scenario, group: usize) {
+        self.tap = Some(Box::new(ProbeTap::new(scenario, group)));
+    }
+
+    /// What the tap recorded (once; `None` without a tap).
+    pub fn take_probe_record(&mut self) -> Option<ProbeRecord> {
+        self.tap.take().map(|t| t.finish())
     }
 
     /// Keep the meter's messages in its store-and-forward ring for a link (MQTT) instead of
@@ -312,7 +337,12 @@ impl LiveMeter {
             Source::Waveform { measurement, .. } => measurement.finish(self.duration, events),
             Source::Rms { aggregator, .. } => aggregator.finish(self.duration, events),
         }
-        feed(events, &mut self.meter, &mut self.image);
+        feed(
+            events,
+            &mut self.meter,
+            &mut self.image,
+            self.tap.as_deref_mut(),
+        );
         self.finished = true;
     }
 
@@ -382,10 +412,18 @@ impl LiveMeter {
 }
 
 /// Hand measurement events to the meter and the image in time order.
-fn feed(events: &mut [MeasureEvent], meter: &mut Meter, image: &mut MeterImage) {
+fn feed(
+    events: &mut [MeasureEvent],
+    meter: &mut Meter,
+    image: &mut MeterImage,
+    mut tap: Option<&mut ProbeTap>,
+) {
     events.sort_by(|a, b| a.time().total_cmp(&b.time()));
     for ev in events.iter() {
         meter.on_measure(ev);
         image.on_measure(ev);
+        if let Some(tap) = tap.as_deref_mut() {
+            tap.offer(ev);
+        }
     }
 }
