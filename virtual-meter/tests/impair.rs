@@ -1,0 +1,363 @@
+//! The impairment proxy on real sockets (127.0.0.1, port 0) in front of an echo server: the
+//! byte stream survives jitter and loss intact and in order (also with a tiny queue, i.e.
+//! backpressure), latency is added each way, an RF-loss window cuts open connections and
+//! refuses new ones until it ends, and stop ends the proxy with its stats. Timing asserts are
+//! lower bounds only.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sim_core::scenario::{LinkSpec, NetworkEvent, NetworkEventKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+use virtual_meter::{spawn_proxy, ImpairProfile, ProxyStats};
+
+use crate::common::{scenario, SAG};
+
+/// An echo server on port 0: every connection gets its bytes back, then a FIN after the
+/// client's FIN.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn spec(latency: f64, jitter: f64, loss: f64, retry: f64) -> LinkSpec {
+    LinkSpec {
+        latency,
+        jitter,
+        loss,
+        retry,
+    }
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<ProxyStats>,
+}
+
+impl Proxy {
+    async fn start(profile: ImpairProfile, epoch: Instant) -> Proxy {
+        let upstream = echo_server().await;
+        Proxy::start_to(upstream, profile, epoch).await
+    }
+
+    async fn start_to(upstream: SocketAddr, profile: ImpairProfile, epoch: Instant) -> Proxy {
+        let (stop, stop_rx) = watch::channel(false);
+        let (addr, task) = spawn_proxy(
+            "127.0.0.1:0".parse().unwrap(),
+            upstream,
+            profile,
+            epoch,
+            stop_rx,
+        )
+        .await
+        .unwrap();
+        Proxy { addr, stop, task }
+    }
+
+    /// Stop and take the stats (the task must end within 10 s).
+    async fn stop(self) -> ProxyStats {
+        self.stop.send(true).unwrap();
+        timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the proxy did not stop within 10 s")
+            .unwrap()
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+fn noise(len: usize, mut x: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// Send `data` through the proxy in uneven pieces while reading the echo; returns the echo.
+async fn echo_through(addr: SocketAddr, data: Vec<u8>) -> Vec<u8> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let mut off = 0;
+        let mut k = 0usize;
+        while off < data.len() {
+            let n = (1 + (k * 7919) % 5000).min(data.len() - off);
+            w.write_all(&data[off..off + n]).await.unwrap();
+            off += n;
+            k += 1;
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    timeout(Duration::from_secs(60), r.read_to_end(&mut got))
+        .await
+        .expect("echo not complete within 60 s")
+        .unwrap();
+    writer.await.unwrap();
+    got
+}
+
+async fn integrity(queue_limit: usize, seed: u64) -> ProxyStats {
+    // Jitter (10 ms) far above the spacing of chunks reorders their draws; loss 20 % with a
+    // 30 ms retry delays one chunk in five by 30 ms or more.
+    let profile = ImpairProfile::new(spec(0.002, 0.01, 0.2, 0.03), Vec::new(), seed)
+        .with_queue_limit(queue_limit);
+    let proxy = Proxy::start(profile, Instant::now()).await;
+    let data = noise(300 * 1024, seed | 1);
+    let got = echo_through(proxy.addr, data.clone()).await;
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the echo differs from what was sent");
+    let stats = proxy.stop().await;
+    let len = data.len() as u64;
+    assert_eq!((stats.bytes_up, stats.bytes_down), (len, len), "{stats:?}");
+    assert_eq!(stats.bytes_dropped, 0, "{stats:?}");
+    assert_eq!(stats.connections, 1, "{stats:?}");
+    assert_eq!(stats.socket_errors, 0, "{stats:?}");
+    // Some chunk was lost at least once: held for the retry timeout.
+    assert!(stats.chunks >= 20, "{stats:?}");
+    assert!(stats.max_delay_ms >= 30.0, "{stats:?}");
+    stats
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_byte_stream_survives_jitter_and_loss_in_order() {
+    let stats = integrity(virtual_meter::impair::DEFAULT_QUEUE_LIMIT, 11).await;
+    assert_eq!(stats.closed_by_stop, 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_queue_applies_backpressure_and_keeps_the_stream_intact() {
+    // 1000 bytes per direction: the proxy must stop reading and resume many times.
+    let stats = integrity(1000, 12).await;
+    assert!(stats.chunks >= 300 * 1024 / 1000, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_trip_takes_at_least_twice_the_one_way_latency() {
+    let proxy = Proxy::start(
+        ImpairProfile::new(spec(0.04, 0.0, 0.0, 1.0), Vec::new(), 1),
+        Instant::now(),
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    for _ in 0..3 {
+        let start = Instant::now();
+        s.write_all(b"ping!").await.unwrap();
+        let mut buf = [0u8; 5];
+        timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+            .await
+            .expect("no echo within 10 s")
+            .unwrap();
+        assert_eq!(&buf, b"ping!");
+        let rtt = start.elapsed();
+        assert!(rtt >= Duration::from_millis(80), "round trip {rtt:?}");
+    }
+    drop(s);
+    let stats = proxy.stop().await;
+    assert_eq!((stats.bytes_up, stats.bytes_down), (15, 15), "{stats:?}");
+    assert!(stats.max_delay_ms >= 39.9, "{stats:?}");
+}
+
+/// Read until the peer closes (EOF or reset); the bytes read before.
+async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    let end = Instant::now() + within;
+    loop {
+        match timeout(
+            end.saturating_duration_since(Instant::now()),
+            s.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => panic!("the connection was not closed within {within:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rf_loss_window_cuts_connections_and_refuses_new_ones_until_it_ends() {
+    let (start, duration) = (0.3, 0.5);
+    let rf_loss = NetworkEvent {
+        at: start,
+        duration,
+        groups: Vec::new(),
+        kind: NetworkEventKind::RfLoss,
+    };
+    let epoch = Instant::now();
+    let at = |t: f64| epoch + Duration::from_secs_f64(t);
+    // 100 ms one way: the first round trip ends at ~0.2 s, the second cannot before the cut.
+    let proxy = Proxy::start(
+        ImpairProfile::new(spec(0.1, 0.0, 0.0, 1.0), vec![rf_loss], 3),
+        epoch,
+    )
+    .await;
+
+    let mut open = TcpStream::connect(proxy.addr).await.unwrap();
+    open.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    timeout(Duration::from_secs(5), open.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"before");
+    assert!(
+        Instant::now() < at(start),
+        "precondition: the first round trip ended before the window"
+    );
+    open.write_all(b"lost").await.unwrap();
+    let late = read_until_closed(&mut open, Duration::from_secs(5)).await;
+    let cut = Instant::now();
+    assert!(
+        cut >= at(start),
+        "closed {:?} before the window",
+        at(start) - cut
+    );
+    assert!(
+        late.is_empty(),
+        "data in flight at the cut was delivered: {late:?}"
+    );
+
+    // A connection inside the window is closed at once, nothing passes.
+    assert!(
+        Instant::now() < at(start + duration),
+        "precondition: still inside the window"
+    );
+    let mut refused = TcpStream::connect(proxy.addr).await.unwrap();
+    let _ = refused.write_all(b"hello?").await;
+    let got = read_until_closed(&mut refused, Duration::from_secs(5)).await;
+    assert!(got.is_empty(), "{got:?}");
+
+    // After the window, connections pass again. (Waiting for the scheduled end, not syncing.)
+    tokio::time::sleep_until(at(start + duration)).await;
+    let mut after = TcpStream::connect(proxy.addr).await.unwrap();
+    after.write_all(b"after").await.unwrap();
+    let mut buf = [0u8; 5];
+    timeout(Duration::from_secs(5), after.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"after");
+
+    let stats = proxy.stop().await;
+    assert_eq!(stats.connections, 2, "{stats:?}");
+    assert_eq!(stats.refused_in_outage, 1, "{stats:?}");
+    assert_eq!(stats.cut_by_outage, 1, "{stats:?}");
+    assert_eq!(stats.closed_by_stop, 1, "{stats:?}");
+    // "lost" (4 bytes) was queued in one direction or the other when the cut came.
+    assert_eq!(stats.bytes_dropped, 4, "{stats:?}");
+    assert_eq!(stats.bytes_down, 6 + 5, "{stats:?}");
+    let _ = after;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_closes_every_connection_and_reports_stats() {
+    let proxy = Proxy::start(
+        ImpairProfile::new(spec(0.001, 0.0, 0.0, 1.0), Vec::new(), 5),
+        Instant::now(),
+    )
+    .await;
+    let mut clients = Vec::new();
+    for k in 0..5u8 {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let msg = vec![k; 100 + usize::from(k)];
+        s.write_all(&msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+        clients.push(s);
+    }
+    let stats = proxy.stop().await;
+    let total: u64 = (0..5).map(|k| 100 + k).sum();
+    assert_eq!(
+        stats,
+        ProxyStats {
+            connections: 5,
+            closed_by_stop: 5,
+            bytes_up: total,
+            bytes_down: total,
+            ..stats
+        }
+    );
+    assert_eq!(
+        (
+            stats.cut_by_outage,
+            stats.refused_in_outage,
+            stats.bytes_dropped
+        ),
+        (0, 0, 0)
+    );
+    for mut s in clients {
+        let rest = read_until_closed(&mut s, Duration::from_secs(5)).await;
+        assert!(rest.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_closes_the_client_and_is_counted() {
+    // A port that was free a moment ago: nothing listens there.
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = Proxy::start_to(
+        dead,
+        ImpairProfile::new(LinkSpec::default(), Vec::new(), 1),
+        Instant::now(),
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let got = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(got.is_empty());
+    let stats = proxy.stop().await;
+    assert_eq!(
+        (stats.connections, stats.upstream_failures),
+        (1, 1),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn a_profile_for_a_group_takes_its_link_and_the_windows_that_name_it() {
+    let mut sc = scenario(SAG);
+    let ev = |at: f64, groups: Vec<usize>| NetworkEvent {
+        at,
+        duration: 1.0,
+        groups,
+        kind: NetworkEventKind::RfLoss,
+    };
+    sc.network = vec![ev(1.0, vec![]), ev(3.0, vec![1]), ev(5.0, vec![0, 2])];
+    sc.groups[0].link = spec(0.02, 0.003, 0.01, 0.5);
+    let p = ImpairProfile::for_group(&sc, 0, 9).unwrap();
+    assert_eq!(*p.spec(), sc.groups[0].link);
+    assert_eq!(
+        p.windows(),
+        &[sc.network[0].clone(), sc.network[2].clone()][..]
+    );
+    assert_eq!(p.outages(), vec![(1.0, 2.0), (5.0, 6.0)]);
+    assert!(ImpairProfile::for_group(&sc, sc.groups.len(), 9).is_none());
+}
