@@ -361,3 +361,148 @@ fn a_profile_for_a_group_takes_its_link_and_the_windows_that_name_it() {
     assert_eq!(p.outages(), vec![(1.0, 2.0), (5.0, 6.0)]);
     assert!(ImpairProfile::for_group(&sc, sc.groups.len(), 9).is_none());
 }
+
+/// A virtual meter's MQTT link through the proxy to a spawned Mosquitto, with an RF-loss window
+/// on the proxy: the link is cut at the window start, the meter trips and buffers, reconnects
+/// are refused during the window, and after it everything arrives in order with the source
+/// timestamps. Skipped when Mosquitto is missing, unless `GRIDLOOP_REQUIRE_PEERS` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_link_through_an_rf_loss_window_buffers_and_flushes_after_it() {
+    use std::sync::Arc;
+
+    use sim_core::scenario::{EventCode, PayloadFormat};
+    use virtual_meter::mqtt::LinkCounters;
+
+    use crate::mqtt::{
+        advance, first_arrivals, first_events, link_cfg, live, mosquitto, sag, spawn_link,
+        stop_link, twin_messages, wait_until, Subscriber,
+    };
+
+    let Some(broker) = mosquitto() else {
+        return;
+    };
+    let sc = sag(4096);
+    let want = twin_messages(&sc, 0);
+    let sub = Subscriber::start(&broker, "sub-impair", false).await;
+
+    let (start, duration) = (1.5, 2.0);
+    let rf_loss = NetworkEvent {
+        at: start,
+        duration,
+        groups: Vec::new(),
+        kind: NetworkEventKind::RfLoss,
+    };
+    let epoch = Instant::now();
+    let at = |t: f64| epoch + Duration::from_secs_f64(t);
+    let profile = ImpairProfile::new(spec(0.005, 0.002, 0.0, 1.0), vec![rf_loss], 21);
+    let proxy = Proxy::start_to(broker.addr(), profile, epoch).await;
+
+    let meter = live(&sc, 0);
+    let mut cfg = link_cfg(&sc, 0, &broker);
+    cfg.host = proxy.addr.ip().to_string();
+    cfg.port = proxy.addr.port();
+    let name = cfg.meter_name.clone();
+    let counters = Arc::new(LinkCounters::default());
+    let (stop_tx, task) = spawn_link(Arc::clone(&meter), cfg, Arc::clone(&counters));
+    wait_until("link connected", Duration::from_secs(10), || {
+        counters.snapshot().connected == 1
+    })
+    .await;
+
+    // Before the window (and before the sag at 1 s of meter time): delivered as produced.
+    advance(&meter, 0.5);
+    let before = meter.lock().unwrap().meter().produced();
+    assert!(before >= 3, "{before}");
+    wait_until("pre-outage messages", Duration::from_secs(10), || {
+        sub.data_of(&name, PayloadFormat::Json).len() as u64 >= before
+    })
+    .await;
+    assert!(
+        Instant::now() < at(start),
+        "precondition: delivered before the window"
+    );
+
+    // The window cuts the link; the meter measures the sag meanwhile and buffers it.
+    wait_until("link cut", Duration::from_secs(10), || {
+        counters.snapshot().connected == 0
+    })
+    .await;
+    assert!(Instant::now() >= at(start), "cut before the window");
+    let taken_at_cut = counters.snapshot().taken;
+    for k in 1..=50 {
+        advance(&meter, 0.5 + f64::from(k) * 0.03);
+    }
+    let during = {
+        let m = meter.lock().unwrap();
+        let codes: Vec<EventCode> = m.meter().event_log().iter().map(|(_, e)| e.code).collect();
+        assert_eq!(codes, [EventCode::UvTrip, EventCode::UvClear]);
+        assert_eq!(m.meter().overflowed(), 0);
+        let during = m.meter().produced() - before;
+        assert_eq!(m.meter().buffered() as u64, during);
+        during
+    };
+    assert!(during >= 15, "{during}");
+    assert!(
+        Instant::now() < at(start + duration),
+        "precondition: the meter advanced inside the window"
+    );
+    assert_eq!(
+        counters.snapshot().taken,
+        taken_at_cut,
+        "nothing taken while cut"
+    );
+
+    // After the window the link reconnects through the proxy and flushes the ring in order.
+    wait_until("link reconnected", Duration::from_secs(15), || {
+        counters.snapshot().connected == 1
+    })
+    .await;
+    assert!(
+        Instant::now() >= at(start + duration),
+        "reconnected inside the window"
+    );
+    for k in 1..=10 {
+        advance(&meter, 2.0 + f64::from(k) * 0.1);
+    }
+    let produced = meter.lock().unwrap().meter().produced();
+    assert_eq!(produced, want.len() as u64);
+    wait_until(
+        "every message after the window",
+        Duration::from_secs(20),
+        || first_arrivals(&sub.data_of(&name, PayloadFormat::Json)).len() as u64 >= produced,
+    )
+    .await;
+    let got = sub.data_of(&name, PayloadFormat::Json);
+    assert_eq!(
+        first_arrivals(&got),
+        (0..produced).collect::<Vec<_>>(),
+        "in order, nothing lost"
+    );
+    // The trip and clear measured inside the window arrived with their source times.
+    let log = meter.lock().unwrap().meter().event_log().to_vec();
+    let events: Vec<&serde_json::Value> = got.iter().filter(|v| v["kind"] == "event").collect();
+    let events = first_events(&events);
+    assert_eq!(events.len(), log.len());
+    for (v, (t, e)) in events.iter().zip(&log) {
+        assert_eq!(v["t"].as_f64(), Some(*t));
+        assert_eq!(v["code"], e.code.name());
+    }
+    wait_until(
+        "every publish acknowledged",
+        Duration::from_secs(10),
+        || counters.snapshot().acked == produced,
+    )
+    .await;
+
+    let report = stop_link(stop_tx, task).await;
+    assert!(report.flushed, "{report:?}");
+    let stats = proxy.stop().await;
+    assert_eq!(stats.cut_by_outage, 1, "{stats:?}");
+    assert!(stats.connections >= 2, "{stats:?}");
+    let s = counters.snapshot();
+    assert!(
+        s.reconnects >= 1 && s.connect_failures >= 1,
+        "the link retried during the window: {s:?} {stats:?}"
+    );
+    assert!(stats.refused_in_outage >= 1, "{stats:?}");
+}
