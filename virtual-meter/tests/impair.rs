@@ -506,3 +506,69 @@ async fn an_mqtt_link_through_an_rf_loss_window_buffers_and_flushes_after_it() {
     );
     assert!(stats.refused_in_outage >= 1, "{stats:?}");
 }
+
+/// Resident set size of this process, KiB (Linux; `None` elsewhere).
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Many meter links through one proxy: every connection open at once, each echoing its own
+/// bytes through jitter; all intact. Prints the RSS growth per connection (informational).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_connections_through_one_proxy() {
+    let n: usize = std::env::var("GRIDLOOP_IMPAIR_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let proxy = Proxy::start(
+        ImpairProfile::new(spec(0.005, 0.005, 0.05, 0.02), Vec::new(), 8),
+        Instant::now(),
+    )
+    .await;
+    let rss0 = rss_kib();
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = TcpStream::connect(proxy.addr).await.unwrap();
+        clients.push(s);
+    }
+    let mut tasks = Vec::with_capacity(n);
+    for (k, mut s) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let msg = noise(200, k as u64 + 1);
+            s.write_all(&msg).await.unwrap();
+            let mut back = vec![0u8; msg.len()];
+            s.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, msg, "connection {k}");
+            s
+        }));
+    }
+    let mut open = Vec::with_capacity(n);
+    for t in tasks {
+        open.push(
+            timeout(Duration::from_secs(60), t)
+                .await
+                .expect("echo within 60 s")
+                .unwrap(),
+        );
+    }
+    if let (Some(a), Some(b)) = (rss0, rss_kib()) {
+        eprintln!(
+            "{n} connections open through the proxy (plus echo server and clients in this \
+             process): RSS +{} KiB, {:.1} KiB per connection",
+            b.saturating_sub(a),
+            b.saturating_sub(a) as f64 / n as f64
+        );
+    }
+    let stats = proxy.stop().await;
+    let total = 200 * n as u64;
+    assert_eq!(stats.connections, n as u64, "{stats:?}");
+    assert_eq!(stats.closed_by_stop, n as u64, "{stats:?}");
+    assert_eq!(
+        (stats.bytes_up, stats.bytes_down),
+        (total, total),
+        "{stats:?}"
+    );
+    drop(open);
+}
