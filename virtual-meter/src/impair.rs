@@ -10,7 +10,8 @@
 //!   grid time `t` is released at [`Link::stream_delivery`]`(t)`: latency + jitter, and for a
 //!   lost attempt the link's retry timeout (TCP retransmits, so loss delays bytes and never
 //!   drops them). Order within a direction is kept: a chunk's release time is the later of its
-//!   own and the previous chunk's.
+//!   own and the previous chunk's. One draw per chunk read (at most 16 KiB), where sim mode
+//!   draws per message; meters' MQTT and Modbus traffic is small, so a chunk is mostly one.
 //! - **Outages.** At the start of an RF-loss window every connection through the proxy is cut
 //!   (both sockets closed; queued bytes are not delivered), and a connection accepted inside a
 //!   window is closed at once. After the window new connections pass again.
@@ -118,7 +119,7 @@ fn mix(seed: u64, stream: u64) -> u64 {
 /// What a proxy did, reported when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ProxyStats {
-    /// Connections accepted outside outages and forwarded.
+    /// Connections accepted outside outages (an upstream connect was attempted for each).
     pub connections: u64,
     /// Connections accepted inside an RF-loss window and closed at once.
     pub refused_in_outage: u64,
@@ -206,13 +207,22 @@ pub async fn spawn_proxy(
         epoch,
         counters: Counters::default(),
     });
-    info!(%bound, %upstream, spec = ?ctx.profile.spec, outages = ?ctx.profile.outages(), "impairment proxy listening");
+    let (spec, outages) = (ctx.profile.spec, ctx.profile.outages());
+    info!(%bound, %upstream, ?spec, ?outages, "impairment proxy listening");
     Ok((bound, tokio::spawn(accept_loop(listener, ctx, stop))))
 }
 
 /// Resolves once `stop` is true or its sender is gone.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Sleep until `at`; never for `None`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Grid time of `now`, s (negative before the epoch).
@@ -241,13 +251,27 @@ async fn accept_loop(
     let outages = ctx.profile.outages();
     let mut conns = JoinSet::new();
     let mut next_id: u64 = 0;
+    // Window starts (even indices) and ends (odd), sorted since the windows are merged; only
+    // to log them.
+    let boundaries: Vec<Seconds> = outages.iter().flat_map(|&(s, e)| [s, e]).collect();
+    let t0 = grid_time(ctx.epoch, Instant::now());
+    let mut next_boundary = boundaries.iter().take_while(|&&b| b <= t0).count();
     loop {
+        let boundary = boundaries
+            .get(next_boundary)
+            .and_then(|&b| instant_at(ctx.epoch, b).map(|at| (b, at)));
         tokio::select! {
             _ = stopped(&mut stop) => break,
-            Some(joined) = conns.join_next(), if !conns.is_empty() => {
-                if let Err(e) = joined {
-                    warn!(error = %e, "impairment proxy connection task failed");
-                }
+            _ = sleep_until_some(boundary.map(|(_, at)| at)) => {
+                let b = boundary.map_or(f64::NAN, |(b, _)| b);
+                next_boundary += 1;
+                let what = if next_boundary % 2 == 1 {
+                    "begins: cutting open connections"
+                } else {
+                    "ends"
+                };
+                let open = conns.len();
+                info!(t = b, upstream = %ctx.upstream, open, "RF-loss window {what}");
             }
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => {
@@ -265,7 +289,8 @@ async fn accept_loop(
                     bump(&ctx.counters.connections);
                     let id = next_id;
                     next_id += 1;
-                    conns.spawn(connection(client, peer, id, cut_at, Arc::clone(&ctx), stop.clone()));
+                    let ctx = Arc::clone(&ctx);
+                    conns.spawn(connection(client, peer, id, cut_at, ctx, stop.clone()));
                 }
                 Err(e) => {
                     // E.g. out of file descriptors: log and let some connections end first.
@@ -303,18 +328,14 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let queued = [AtomicU64::new(0), AtomicU64::new(0)];
-    let cut = async {
-        match cut_at {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
+    let cut = sleep_until_some(cut_at);
     let work = async {
         let server = match TcpStream::connect(ctx.upstream).await {
             Ok(s) => s,
             Err(e) => {
                 bump(&ctx.counters.upstream_failures);
-                warn!(%peer, upstream = %ctx.upstream, error = %e, "impairment proxy: upstream connect failed");
+                let upstream = ctx.upstream;
+                warn!(%peer, %upstream, error = %e, "impairment proxy: upstream connect failed");
                 return Ok(());
             }
         };
@@ -391,7 +412,11 @@ impl Pump<'_> {
         let mut eof = false;
         loop {
             if eof && queue.is_empty() {
-                return self.to.shutdown().await;
+                // Pass the FIN on. The peer may have closed already; that is no error here.
+                if let Err(e) = self.to.shutdown().await {
+                    debug!(error = %e, "shutdown after end of stream failed");
+                }
+                return Ok(());
             }
             let room = limit.saturating_sub(self.queued.load(Ordering::Relaxed));
             // Cheap: a `Bytes` slice shares the chunk. Polled only when the queue has one.
