@@ -262,6 +262,12 @@ async fn accept_loop(
             .and_then(|&b| instant_at(ctx.epoch, b).map(|at| (b, at)));
         tokio::select! {
             _ = stopped(&mut stop) => break,
+            // Reap ended connections so the set holds only open ones.
+            Some(joined) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = joined {
+                    warn!(error = %e, "impairment proxy connection task failed");
+                }
+            }
             _ = sleep_until_some(boundary.map(|(_, at)| at)) => {
                 let b = boundary.map_or(f64::NAN, |(b, _)| b);
                 next_boundary += 1;
