@@ -145,6 +145,28 @@ impl Link {
         self.abandoned += 1;
     }
 
+    /// Delivery time of one chunk of a reliable byte stream (TCP) handed to the link at `t`:
+    /// the same attempts as [`Link::transmit`] — lost with the loss probability at the attempt
+    /// time, retried after `spec.retry`, waiting for [`Link::next_up`] while the link is down —
+    /// but the first attempt that gets through ends it: the receiver drops a retransmitted
+    /// duplicate, so a lost acknowledgement delays nothing. `None` after [`MAX_ATTEMPTS`] lost
+    /// attempts (counted in [`Link::abandoned`]).
+    pub fn stream_delivery(&mut self, t: Seconds) -> Option<Seconds> {
+        self.messages += 1;
+        let retry = self.spec.retry.max(0.0);
+        let mut attempt = self.next_up(t);
+        for _ in 0..MAX_ATTEMPTS {
+            self.attempts += 1;
+            if self.rng.gen::<f64>() >= self.loss_at(attempt) {
+                self.deliveries += 1;
+                return Some(attempt + self.delay(attempt));
+            }
+            attempt = self.next_up(attempt + retry);
+        }
+        self.abandoned += 1;
+        None
+    }
+
     /// RF-loss windows, merged where they overlap or touch, in time order.
     pub fn outages(&self) -> Vec<(Seconds, Seconds)> {
         let mut w: Vec<(Seconds, Seconds)> = self
@@ -366,6 +388,51 @@ mod tests {
         link.transmit(0.0, &mut out);
         assert!(out.is_empty());
         assert_eq!(link.attempts(), u64::from(MAX_ATTEMPTS));
+        assert_eq!(link.abandoned(), 1);
+    }
+
+    #[test]
+    fn stream_delivery_retries_lost_chunks_without_duplicates() {
+        // No loss: the latency exactly, like transmit.
+        let mut link = Link::new(spec(0.04, 0.0, 0.0, 1.0), Vec::new(), 1);
+        assert_eq!(link.stream_delivery(2.0), Some(2.04));
+        // Loss p: attempts are geometric with mean 1/(1 − p) (no acknowledgement draw), each
+        // delivery on the retry grid after the hand-over.
+        let p = 0.3;
+        let mut link = Link::new(spec(0.005, 0.0, p, 0.25), Vec::new(), 5);
+        let n: u32 = 10_000;
+        let mut retried = 0u32;
+        for k in 0..n {
+            let t = f64::from(k);
+            let d = link.stream_delivery(t).unwrap();
+            let r = (d - t - 0.005) / 0.25;
+            assert!(
+                (r - r.round()).abs() < 1e-9 && r > -1e-9,
+                "delivery {d} of {t}"
+            );
+            if r.round() >= 1.0 {
+                retried += 1;
+            }
+        }
+        assert_eq!(link.deliveries(), u64::from(n));
+        let attempts = link.attempts() as f64 / f64::from(n);
+        // Mean 1/0.7 = 1.4286, std of the mean sqrt(p)/(1 − p)/sqrt(n) ≈ 0.008.
+        assert!(
+            (attempts - 1.0 / 0.7).abs() < 0.03,
+            "mean attempts {attempts}"
+        );
+        let share = f64::from(retried) / f64::from(n);
+        assert!((share - p).abs() < 0.02, "retried share {share}");
+        // Down at hand-over or at a retry: waits for the link; total loss gives up.
+        let windows = vec![
+            window(0.0, 3.0, NetworkEventKind::Loss { probability: 1.0 }),
+            window(3.0, 7.0, NetworkEventKind::RfLoss),
+        ];
+        let mut link = Link::new(spec(0.1, 0.0, 0.0, 1.0), windows, 9);
+        assert_eq!(link.stream_delivery(0.0), Some(10.1));
+        assert_eq!(link.stream_delivery(5.0), Some(10.1));
+        let mut link = Link::new(spec(0.0, 0.0, 1.0, 1.0), Vec::new(), 1);
+        assert_eq!(link.stream_delivery(0.0), None);
         assert_eq!(link.abandoned(), 1);
     }
 

@@ -12,14 +12,17 @@
 //! - [`fleet`]: which meters a fleet process runs (rescaling, shards, Modbus ports/gateways).
 //! - [`mqtt`]: MQTT telemetry, events and status (payloads, a sans-io publisher session, the
 //!   tokio link that takes messages from the meter's ring).
+//! - [`impair`]: live mode's network impairment, a TCP proxy applying a group's sim-core link
+//!   model (latency, jitter, loss, RF-loss outages) in real time.
 //!
-//! Only `pacing`, `service` and `mqtt::link` know about tokio (the embedded rumqttd in `broker`
+//! Only `pacing`, `service`, `impair` and `mqtt::link` know about tokio (the embedded rumqttd in `broker`
 //! runs its own runtimes on its own threads); nothing here reads YAML or prints.
 
 pub mod broker;
 pub mod event_log;
 pub mod fleet;
 pub mod image;
+pub mod impair;
 pub mod live;
 pub mod mqtt;
 pub mod pacing;
@@ -27,6 +30,7 @@ pub mod registers;
 pub mod service;
 
 pub use image::{CalSelector, Calibration, DeviceIdentity, MeterImage, Refusal, Settings};
+pub use impair::{spawn_proxy, ImpairProfile, ProxyStats};
 pub use live::{LiveMeter, MeterRef, Outbox};
 pub use mqtt::{run_link, LinkConfig, LinkCounters, LinkReport, LinkStats, MqttError};
 pub use registers::{MapOptions, Point, RegisterMap};

@@ -8,6 +8,7 @@ mod common;
 mod event_log;
 mod fleet;
 mod idle;
+mod impair;
 mod live;
 mod maps;
 mod memory;

@@ -19,10 +19,10 @@ use virtual_meter::{run_link, LiveMeter, MeterRef, Outbox, SharedMeter};
 
 use crate::common::{default_map, scenario, SAG};
 
-type LinkTask = tokio::task::JoinHandle<Result<LinkReport, MqttError>>;
+pub(crate) type LinkTask = tokio::task::JoinHandle<Result<LinkReport, MqttError>>;
 
 /// `run_link` on its own task, stopped by the sender.
-fn spawn_link(
+pub(crate) fn spawn_link(
     meter: SharedMeter,
     cfg: LinkConfig,
     counters: Arc<LinkCounters>,
@@ -35,7 +35,7 @@ fn spawn_link(
 }
 
 /// Stop a link and take its report (within 10 s).
-async fn stop_link(stop_tx: oneshot::Sender<()>, task: LinkTask) -> LinkReport {
+pub(crate) async fn stop_link(stop_tx: oneshot::Sender<()>, task: LinkTask) -> LinkReport {
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), task)
         .await
@@ -46,7 +46,7 @@ async fn stop_link(stop_tx: oneshot::Sender<()>, task: LinkTask) -> LinkReport {
 
 const EPOCH_MS: u64 = 1_700_000_000_000;
 
-fn mosquitto() -> Option<SpawnedMosquitto> {
+pub(crate) fn mosquitto() -> Option<SpawnedMosquitto> {
     if find_program("mosquitto").is_none() {
         assert!(
             std::env::var_os("GRIDLOOP_REQUIRE_PEERS").is_none(),
@@ -59,7 +59,7 @@ fn mosquitto() -> Option<SpawnedMosquitto> {
 }
 
 /// The sag scenario with a reading every 100 ms, each one sent (no report-by-exception).
-fn sag(buffer_capacity: usize) -> Scenario {
+pub(crate) fn sag(buffer_capacity: usize) -> Scenario {
     let mut sc = scenario(SAG);
     sc.groups[0].rbe = RbeSpec {
         delta: None,
@@ -70,7 +70,7 @@ fn sag(buffer_capacity: usize) -> Scenario {
     sc
 }
 
-fn live(sc: &Scenario, index: u32) -> SharedMeter {
+pub(crate) fn live(sc: &Scenario, index: u32) -> SharedMeter {
     Arc::new(Mutex::new(LiveMeter::new(
         sc,
         MeterRef { group: 0, index },
@@ -80,7 +80,7 @@ fn live(sc: &Scenario, index: u32) -> SharedMeter {
 
 /// Every message meter `index` produces over the whole scenario: a twin meter (same seeds)
 /// drained directly, no MQTT involved.
-fn twin_messages(sc: &Scenario, index: u32) -> Vec<Message> {
+pub(crate) fn twin_messages(sc: &Scenario, index: u32) -> Vec<Message> {
     let mut m = LiveMeter::new(sc, MeterRef { group: 0, index }, default_map());
     m.attach_outbox(Outbox(Arc::new(|| {})));
     let mut out = Vec::new();
@@ -93,11 +93,11 @@ fn twin_messages(sc: &Scenario, index: u32) -> Vec<Message> {
     out
 }
 
-fn advance(meter: &SharedMeter, t: f64) {
+pub(crate) fn advance(meter: &SharedMeter, t: f64) {
     meter.lock().unwrap().advance_to(t);
 }
 
-fn link_cfg(sc: &Scenario, index: u32, broker: &SpawnedMosquitto) -> LinkConfig {
+pub(crate) fn link_cfg(sc: &Scenario, index: u32, broker: &SpawnedMosquitto) -> LinkConfig {
     let mut cfg = LinkConfig::for_meter(
         sc,
         MeterRef { group: 0, index },
@@ -120,7 +120,7 @@ struct Got {
 
 /// rumqttc subscriber on `gridloop/#` (QoS 1), recording every PUBLISH it receives; polls
 /// again after connection errors (that is how rumqttc reconnects).
-struct Subscriber {
+pub(crate) struct Subscriber {
     got: Arc<Mutex<Vec<Got>>>,
     task: tokio::task::JoinHandle<()>,
     _client: AsyncClient,
@@ -133,7 +133,11 @@ impl Drop for Subscriber {
 }
 
 impl Subscriber {
-    async fn start(broker: &SpawnedMosquitto, id: &str, clean_session: bool) -> Subscriber {
+    pub(crate) async fn start(
+        broker: &SpawnedMosquitto,
+        id: &str,
+        clean_session: bool,
+    ) -> Subscriber {
         let mut opts = MqttOptions::new(id, broker.addr().ip().to_string(), broker.addr().port());
         opts.set_clean_session(clean_session);
         opts.set_keep_alive(Duration::from_secs(5));
@@ -180,7 +184,7 @@ impl Subscriber {
     }
 
     /// Decoded telemetry and event payloads of meter `name`, in arrival order.
-    fn data_of(&self, name: &str, format: PayloadFormat) -> Vec<Value> {
+    pub(crate) fn data_of(&self, name: &str, format: PayloadFormat) -> Vec<Value> {
         self.snapshot()
             .iter()
             .filter(|g| g.topic.contains(&format!("/{name}/")) && !g.topic.ends_with("/status"))
@@ -203,7 +207,7 @@ impl Subscriber {
 }
 
 /// Wait (bounded) for `cond`.
-async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + within;
     while !cond() {
         assert!(
@@ -216,7 +220,7 @@ async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool
 
 /// The seqs in first-arrival order (QoS 1 may deliver a message twice across an outage; a
 /// repeat must be of a seq seen before).
-fn first_arrivals(values: &[Value]) -> Vec<u64> {
+pub(crate) fn first_arrivals(values: &[Value]) -> Vec<u64> {
     let mut seen = std::collections::BTreeSet::new();
     let mut order = Vec::new();
     for v in values {
@@ -505,7 +509,7 @@ async fn a_broker_outage_is_flushed_in_order_with_source_timestamps() {
     assert_eq!(report.left_in_ring, 0);
 }
 
-fn first_events<'a>(events: &[&'a Value]) -> Vec<&'a Value> {
+pub(crate) fn first_events<'a>(events: &[&'a Value]) -> Vec<&'a Value> {
     let mut seen = std::collections::BTreeSet::new();
     events
         .iter()
