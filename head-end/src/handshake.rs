@@ -14,8 +14,12 @@
 //! - with a plausible frequency, a voltage outside the nominal range but believable for a sag
 //!   or swell (1 V – 2 × the upper limit) is tolerated; without a frequency it leaves the
 //!   verdict [`Verdict::Undetermined`] rather than raising a false alarm;
-//! - anything else (denormals, 1e30, 1722 Hz, a register count the encoding cannot have)
-//!   **contradicts** it.
+//! - anything else (denormals, 1e30, 1722 Hz, an integer reading 0 from words that are not
+//!   all zero, a register count the encoding cannot have — fewer registers than it needs, or
+//!   int16 where the meter refused a 1-register read) **contradicts** it.
+//!
+//! The expected encoding is verified when it fits and no other candidate fits with at least
+//! as many supporting points and different values.
 //!
 //! Genuinely indistinguishable cases, reported and never silently accepted:
 //! - all-zero words and sentinels everywhere: nothing to judge → [`Verdict::Undetermined`];
@@ -84,17 +88,21 @@ pub struct Probe {
     /// L1, L2, L3.
     pub voltages: [Option<Vec<u16>>; 3],
     pub frequency: Option<Vec<u16>>,
+    /// L1, L2, L3, frequency: the meter refused a 1-register read at the point (exception
+    /// 0x02, as a map does where a 32-bit value starts), so it is not an int16 point.
+    pub one_register_refused: [bool; 4],
 }
 
 impl Probe {
-    /// The probe a meter serving `enc` would give for these values (a value `enc` cannot carry
-    /// reads as its sentinel, as a meter shows it).
+    /// The probe a virtual meter serving `enc` gives for these values: a value `enc` cannot
+    /// carry reads as its sentinel, and a two-register encoding refuses 1-register reads.
     pub fn encoded(firmware: u16, volts: [f64; 3], hz: f64, enc: RegisterEncoding) -> Probe {
         let words = |v: f64| Some(encoding::encode(v, enc).unwrap_or_else(|_| sentinel(enc)));
         Probe {
             firmware: Some(firmware),
             voltages: volts.map(words),
             frequency: words(hz),
+            one_register_refused: [register_count(enc) == 2; 4],
         }
     }
 
@@ -214,15 +222,21 @@ enum Class {
     NotFinite,
 }
 
-fn classify(words: Option<&[u16]>, enc: RegisterEncoding, frequency: bool, lim: &Limits) -> Class {
+fn classify(
+    words: Option<&[u16]>,
+    one_refused: bool,
+    enc: RegisterEncoding,
+    frequency: bool,
+    lim: &Limits,
+) -> Class {
     let Some(words) = words else {
         return Class::NoValue;
     };
+    if words.len() < register_count(enc) || (one_refused && register_count(enc) == 1) {
+        return Class::WrongWidth;
+    }
     if words.iter().all(|&w| w == 0) {
         return Class::NoValue;
-    }
-    if words.len() < register_count(enc) {
-        return Class::WrongWidth;
     }
     let head = &words[..register_count(enc)];
     if head == sentinel(enc).as_slice() {
@@ -236,8 +250,9 @@ fn classify(words: Option<&[u16]>, enc: RegisterEncoding, frequency: bool, lim: 
         Class::Plausible(v)
     } else if !frequency && (1.0..=2.0 * lim.volts.1).contains(&v) {
         Class::Sane(v)
-    } else if v == 0.0 {
-        // -0.0 or an int16 reading the zero high word of a two-register value.
+    } else if v == 0.0 && matches!(enc, RegisterEncoding::Float32(_)) {
+        // -0.0. (An integer reading 0 from words that are not all zero — an int16 reading the
+        // zero high word of a two-register value — is evidence against it.)
         Class::NoValue
     } else {
         Class::Implausible(v)
@@ -246,14 +261,22 @@ fn classify(words: Option<&[u16]>, enc: RegisterEncoding, frequency: bool, lim: 
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fit {
-    /// Consistent, with this many supporting points.
-    Fits,
+    /// Consistent, with this many points in the nominal ranges.
+    Fits(usize),
     Unsure,
     Contradicts,
 }
 
 fn judge(probe: &Probe, enc: RegisterEncoding, lim: &Limits) -> (Fit, [Class; 4]) {
-    let classes: [Class; 4] = std::array::from_fn(|i| classify(probe.point(i), enc, i == 3, lim));
+    let classes: [Class; 4] = std::array::from_fn(|i| {
+        classify(
+            probe.point(i),
+            probe.one_register_refused[i],
+            enc,
+            i == 3,
+            lim,
+        )
+    });
     let bad = |c: &Class| {
         matches!(
             c,
@@ -272,7 +295,7 @@ fn judge(probe: &Probe, enc: RegisterEncoding, lim: &Limits) -> (Fit, [Class; 4]
     let fit = if support == 0 || (!freq_ok && sane) {
         Fit::Unsure
     } else {
-        Fit::Fits
+        Fit::Fits(support)
     };
     (fit, classes)
 }
@@ -334,6 +357,15 @@ fn reading_text(enc: RegisterEncoding, classes: &[Class; 4]) -> String {
     format!("{} ({})", describe(enc), vals.join(", "))
 }
 
+/// `1725.4`, or `2.418e-41` for values too small or large to read in fixed point.
+fn number(v: f64) -> String {
+    if v == 0.0 || (1e-2..1e6).contains(&v.abs()) {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
 fn firmware_text(fw: Option<u16>) -> String {
     match fw {
         Some(f) => format!("firmware {}.{}", f >> 8, f & 0xFF),
@@ -344,12 +376,13 @@ fn firmware_text(fw: Option<u16>) -> String {
 /// Decide whether `probe` was served in `expected` (see the module doc for the rules).
 pub fn verify(probe: &Probe, expected: RegisterEncoding, lim: &Limits) -> Verdict {
     let (fit, classes) = judge(probe, expected, lim);
-    let others: Vec<(RegisterEncoding, [Class; 4])> = candidates(expected)
+    // Other encodings that fit, with their support.
+    let others: Vec<(RegisterEncoding, [Class; 4], usize)> = candidates(expected)
         .into_iter()
         .filter(|c| *c != expected)
-        .filter_map(|c| {
-            let (f, cl) = judge(probe, c, lim);
-            (f == Fit::Fits).then_some((c, cl))
+        .filter_map(|c| match judge(probe, c, lim) {
+            (Fit::Fits(n), cl) => Some((c, cl, n)),
+            _ => None,
         })
         .collect();
     let mut detail = format!("expected {}; ", describe(expected));
@@ -362,7 +395,8 @@ pub fn verify(probe: &Probe, expected: RegisterEncoding, lim: &Limits) -> Verdic
                 let head = format!("{name} 0x{addr:04X} = {}", words_text(words));
                 match c {
                     Class::Implausible(v) => parts.push(format!(
-                        "{head} decodes to {v:.3e} {} (implausible, {})",
+                        "{head} decodes to {} {} (implausible, {})",
+                        number(*v),
                         unit(i),
                         range_text(i, lim)
                     )),
@@ -382,7 +416,12 @@ pub fn verify(probe: &Probe, expected: RegisterEncoding, lim: &Limits) -> Verdic
             if others.is_empty() {
                 detail.push_str("; no known encoding makes these values plausible");
             } else {
-                let alts: Vec<String> = others.iter().map(|(c, cl)| reading_text(*c, cl)).collect();
+                let mut others = others;
+                others.sort_by_key(|o| std::cmp::Reverse(o.2));
+                let alts: Vec<String> = others
+                    .iter()
+                    .map(|(c, cl, _)| reading_text(*c, cl))
+                    .collect();
                 let _ = write!(detail, "; plausible as {}", alts.join(" or "));
             }
             let _ = write!(detail, "; {}", firmware_text(probe.firmware));
@@ -397,11 +436,14 @@ pub fn verify(probe: &Probe, expected: RegisterEncoding, lim: &Limits) -> Verdic
             );
             Verdict::Undetermined { detail }
         }
-        Fit::Fits => {
+        Fit::Fits(support) => {
+            // A rival explains the words at least as well, with other values: the verdict
+            // would be a guess. (One that explains them worse — a sag on every phase, a
+            // frequency at the band's edge — loses to the expected encoding.)
             let rivals: Vec<String> = others
                 .iter()
-                .filter(|(_, cl)| !same_values(&classes, cl))
-                .map(|(c, cl)| reading_text(*c, cl))
+                .filter(|(_, cl, n)| *n >= support && !same_values(&classes, cl))
+                .map(|(c, cl, _)| reading_text(*c, cl))
                 .collect();
             if rivals.is_empty() {
                 Verdict::Verified {
@@ -446,6 +488,7 @@ mod tests {
                 Some(vec![0x0960, 0x0000]),
             ],
             frequency: Some(vec![500, 0]),
+            one_register_refused: [false; 4],
         };
         let Verdict::Mismatch { detail } = verify(&probe, F_ABCD, &lim()) else {
             panic!("not a mismatch")
@@ -523,12 +566,19 @@ mod tests {
                 "{}",
                 describe(enc)
             );
-            // All-zero words are 0 in every encoding: no evidence, for the right one or not.
+            // All-zero words are 0 in every encoding: no evidence about the layout of the
+            // value — but the register count still is (int16 serves one, the others two).
             let zero = Probe::encoded(1, [0.0; 3], 0.0, enc);
             assert!(matches!(
-                verify(&zero, F_ABCD, &lim()),
+                verify(&zero, enc, &lim()),
                 Verdict::Undetermined { .. }
             ));
+            let v = verify(&zero, F_ABCD, &lim());
+            if register_count(enc) == 2 {
+                assert!(matches!(v, Verdict::Undetermined { .. }), "{v:?}");
+            } else {
+                assert!(matches!(v, Verdict::Mismatch { .. }), "{v:?}");
+            }
         }
     }
 
@@ -553,6 +603,7 @@ mod tests {
             firmware: Some(1),
             voltages: [Some(vec![w, w]), Some(vec![w, w]), Some(vec![w, w])],
             frequency: Some(encoding::encode_f32(50.0, WordOrder::Abcd).to_vec()),
+            one_register_refused: [false; 4],
         };
         assert!(verify(&probe, F_ABCD, &lim()).is_verified());
     }
@@ -571,6 +622,7 @@ mod tests {
                 Some(pair(232.0, 242.0)),
             ],
             frequency: Some(pair(50.0, 60.0)),
+            one_register_refused: [false; 4],
         };
         for expected in [F_ABCD, F_CDAB] {
             let Verdict::Ambiguous { detail } = verify(&probe, expected, &lim()) else {

@@ -1,1 +1,3 @@
 //! Integration tests of the head-end on real sockets.
+
+mod poller;
