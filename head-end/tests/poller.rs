@@ -637,3 +637,68 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Threads of this process (Linux), for the "no thread per meter" check.
+fn threads() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Many single-meter ports (500; `GRIDLOOP_POLLER_PORTS` for more): one connection each,
+/// every meter read, on the runtime's two worker threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_single_meter_ports_are_polled_without_a_thread_each() {
+    let n: u32 = std::env::var("GRIDLOOP_POLLER_PORTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let ms = meters(n, F_ABCD);
+    let mut servers = Vec::new();
+    let mut targets = Vec::new();
+    for (i, m) in ms.iter().enumerate() {
+        let server = Served::start(Units::Single(m.clone())).await;
+        let mut t = target(i as u32, server.addr, None, F_ABCD);
+        t.interval = Duration::from_secs(1);
+        targets.push(t);
+        servers.push(server);
+    }
+    let cfg = PollerConfig {
+        max_in_flight: 64,
+        ..fast()
+    };
+    let t0 = Instant::now();
+    let mut poller = Running::start(targets, cfg);
+    poller
+        .until(Duration::from_secs(60), |ev| {
+            count(ev, |e| matches!(e, PollEvent::Reading { .. })) >= n as usize
+        })
+        .await;
+    let took = t0.elapsed();
+    let during = threads();
+    let (events, r) = poller.stop().await;
+    for s in servers {
+        s.stop().await;
+    }
+    let expected = image_volts(&ms[0], F_ABCD);
+    for i in 0..n {
+        let got = readings_of(&events, i);
+        assert_eq!(
+            got.len(),
+            1,
+            "meter {i}: one poll within the first interval"
+        );
+        assert_eq!(got[0].1, expected, "meter {i}");
+    }
+    assert_eq!(r.unreachable_episodes, 0, "{r:?}");
+    assert_eq!(r.reconnects, 0, "{r:?}");
+    // The test harness's threads, two workers and tokio's blocking pool (unused): nowhere
+    // near one per port.
+    if let Some(t) = during {
+        assert!(t < 32, "{t} threads for {n} ports");
+    }
+    tracing::info!(?took, ?during, "{n} ports: first reading of every meter");
+    std::hint::black_box(took);
+}
