@@ -1,4 +1,4 @@
-//! The async Modbus poller (tokio shell around the pure [`handshake`](crate::handshake)): polls
+//! The async Modbus poller (tokio shell around the pure [`handshake`](crate::handshake::verify)): polls
 //! a fleet of meters over Modbus/TCP and turns what it finds into [`PollEvent`]s for
 //! [`HeadEndCore::on_poll`](crate::core::HeadEndCore::on_poll).
 //!
