@@ -12,6 +12,8 @@
 pub mod alarm;
 pub mod core;
 pub mod decode;
+pub mod handshake;
+pub mod poller;
 pub mod store;
 pub mod subscriber;
 

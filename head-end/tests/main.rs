@@ -1,2 +1,4 @@
 //! Integration tests of the head-end on real sockets.
+
+mod poller;
 mod subscriber;
