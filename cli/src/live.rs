@@ -17,9 +17,9 @@ use head_end::{
     run_head_end, AlarmRecord, AlarmStore, HeadEndCore, Kind, MeterInfo, Outputs, SubscriberConfig,
 };
 use sim_core::grid::Phase;
-use sim_core::harness::{observe, MeterRecord, Observations, ProbeRecord, RunFacts};
+use sim_core::harness::{derive_seed, observe, MeterRecord, Observations, ProbeRecord, RunFacts};
 use sim_core::head_end::{Alarm, AlarmKind};
-use sim_core::outcome::{ExpectationOutcome, ScenarioOutcome};
+use sim_core::outcome::{ExpectationOutcome, ScenarioOutcome, TimelineEntry};
 use sim_core::scenario::EventCode;
 use sim_core::{Scenario, Seconds};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -28,7 +28,9 @@ use virtual_meter::broker::{start_broker, BrokerUrl};
 use virtual_meter::live::group_model;
 use virtual_meter::mqtt::meter_name;
 use virtual_meter::pacing::{run_paced_with, PacingProgress, PacingStats};
-use virtual_meter::{LiveMeter, MapOptions, MeterRef, RegisterMap, SharedMeter};
+use virtual_meter::{
+    spawn_proxy, ImpairProfile, LiveMeter, MapOptions, MeterRef, RegisterMap, SharedMeter,
+};
 
 use crate::mqtt_links::{epoch_now_ms, Links, MqttArgs};
 
@@ -175,15 +177,32 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         .map_err(|_| format!("the head-end did not subscribe at {broker_addr} within 10 s"))?
         .map_err(|_| "the head-end stopped before subscribing".to_owned())?;
 
+    // Each group's backhaul: a proxy applying its link model and network events (latency,
+    // jitter, loss as TCP retransmission delay, RF-loss windows cutting every connection).
+    let (stop_proxies, stop_proxies_rx) = watch::channel(false);
+    let mut proxies = Vec::with_capacity(scenario.groups.len());
+    let mut addrs = Vec::with_capacity(scenario.groups.len());
+    for g in 0..scenario.groups.len() {
+        let profile =
+            ImpairProfile::for_group(scenario, g, derive_seed(scenario.seed, g as u32, 7))
+                .ok_or_else(|| format!("no network profile for group {g}"))?;
+        let outages = profile.outages();
+        let (addr, task) = spawn_proxy(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            broker_addr,
+            profile,
+            start,
+            stop_proxies_rx.clone(),
+        )
+        .await
+        .map_err(|e| format!("cannot start the network proxy of group {g}: {e}"))?;
+        addrs.push(addr);
+        proxies.push((g, outages, task));
+    }
+
     // Links (each meter keeps its messages in its ring until its link is up), then pacing.
     let all: Vec<SharedMeter> = meters.iter().map(|(m, _)| m.clone()).collect();
-    let links = Links::spawn_via(
-        scenario,
-        meters.clone(),
-        &[broker_addr],
-        &opts.mqtt,
-        epoch_ms,
-    );
+    let links = Links::spawn_via(scenario, meters.clone(), &addrs, &opts.mqtt, epoch_ms);
     let counters = links.counters.clone();
     let mut stats = PacingStats::default();
     // Grid time 0 was `start`; meters catch up to the wall clock on their first step.
@@ -215,6 +234,24 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = stop_he.send(true);
+    let _ = stop_proxies.send(true);
+    let mut observed = Vec::new();
+    for (g, outages, task) in proxies {
+        let stats = task
+            .await
+            .map_err(|e| format!("network proxy task failed: {e}"))?;
+        let name = &scenario.groups[g].name;
+        for (from, to) in outages {
+            observed.push(TimelineEntry {
+                at: from,
+                what: format!(
+                    "live: {name} backhaul down until {to:.3} s ({} connections cut, {} refused during outages)",
+                    stats.cut_by_outage, stats.refused_in_outage
+                ),
+            });
+        }
+        tracing::info!("live {}: proxy of {name}: {stats:?}", scenario.name);
+    }
     let (report, core) = head_end
         .await
         .map_err(|e| format!("head-end task failed: {e}"))?
@@ -255,7 +292,7 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         }
     }
     let ingest = core.stats();
-    Ok(observe(
+    let mut obs = observe(
         scenario,
         RunFacts {
             meters: records,
@@ -267,7 +304,12 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
             duplicates: ingest.duplicates,
             missing: &|meter, produced| core.missing(meter, produced),
         },
-    ))
+    );
+    if !observed.is_empty() {
+        obs.timeline.extend(observed);
+        obs.timeline.sort_by(|a, b| a.at.total_cmp(&b.at));
+    }
+    Ok(obs)
 }
 
 /// A stored alarm record as sim-core's alarm in grid time (`epoch_ms` = grid time 0).

@@ -46,6 +46,11 @@ pub struct MqttArgs {
     /// New broker connections per second while the meters come up
     #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub ramp: u32,
+
+    /// Longest reconnect back-off of a meter's link, ms [default: 5000; `run --mode live`: 50,
+    /// so a meter is back within one retry of an RF-loss window's end, as sim mode assumes]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub reconnect_max_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -190,6 +195,10 @@ impl Links {
                 }
                 cfg.mtu = args.mtu();
                 cfg.max_inflight = usize::from(args.inflight);
+                if let Some(ms) = args.reconnect_max_ms {
+                    cfg.backoff_max = Duration::from_millis(ms);
+                    cfg.backoff_min = cfg.backoff_min.min(cfg.backoff_max);
+                }
                 cfg
             })
             .collect();

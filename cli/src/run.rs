@@ -155,7 +155,10 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
             })?,
             step: Duration::from_millis(args.step_ms),
             drain: Duration::from_secs(args.drain_s),
-            mqtt: args.mqtt.clone(),
+            mqtt: crate::mqtt_links::MqttArgs {
+                reconnect_max_ms: args.mqtt.reconnect_max_ms.or(Some(50)),
+                ..args.mqtt.clone()
+            },
         }),
         Mode::Hil => {
             return Err(Failure::msg(
