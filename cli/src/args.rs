@@ -209,6 +209,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub drain_s: u64,
 
+    /// Live mode: keep the head-end's alarm store (JSON Lines, one alarm per line) in this
+    /// directory, one `<scenario>.alarms.jsonl` per scenario [default: a scratch directory,
+    /// removed after the run]
+    #[arg(long, value_name = "DIR")]
+    pub alarm_store: Option<PathBuf>,
+
     #[command(flatten)]
     pub mqtt: crate::mqtt_links::MqttArgs,
 }

@@ -20,7 +20,7 @@ use sim_core::grid::Phase;
 use sim_core::harness::{derive_seed, observe, MeterRecord, Observations, ProbeRecord, RunFacts};
 use sim_core::head_end::{Alarm, AlarmKind};
 use sim_core::outcome::{ExpectationOutcome, ScenarioOutcome, TimelineEntry};
-use sim_core::scenario::EventCode;
+use sim_core::scenario::{EventCode, LinkSpec};
 use sim_core::{Scenario, Seconds};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -45,6 +45,8 @@ pub struct LiveOptions {
     pub drain: Duration,
     /// Payload, MTU, in-flight window and connection ramp of the meters' links.
     pub mqtt: MqttArgs,
+    /// Keep the alarm store as `DIR/<scenario>.alarms.jsonl` (else a scratch file).
+    pub alarm_store: Option<std::path::PathBuf>,
 }
 
 /// Expectation kind of a run that could not take place (broker, sockets).
@@ -148,9 +150,22 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
             epoch_ms,
         );
     }
-    let store_dir = tempdir()?;
-    let (store, _) =
-        AlarmStore::open(&store_dir.join("alarms.jsonl")).map_err(|e| e.to_string())?;
+    let (store_path, scratch) = match &opts.alarm_store {
+        Some(dir) => (dir.join(format!("{}.alarms.jsonl", scenario.name)), None),
+        None => {
+            let dir = tempdir()?;
+            (dir.join("alarms.jsonl"), Some(dir))
+        }
+    };
+    if scratch.is_none() {
+        // A fresh store per run: old alarms would be restored as already handled.
+        match std::fs::remove_file(&store_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot replace {}: {e}", store_path.display())),
+        }
+    }
+    let (store, _) = AlarmStore::open(&store_path).map_err(|e| e.to_string())?;
     let (alarm_tx, mut alarm_rx) = mpsc::unbounded_channel();
     let (subscribed_tx, subscribed_rx) = oneshot::channel();
     let progress = Arc::new(AtomicU64::new(0));
@@ -160,18 +175,29 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         &format!("gridloop-head-end-{}", std::process::id()),
     );
     cfg.clean_session = true;
-    let head_end = tokio::spawn(run_head_end(
-        cfg,
-        core,
-        Some(store),
-        Outputs {
-            alarms: Some(alarm_tx),
-            polls: None,
-            subscribed: Some(subscribed_tx),
-            progress: Some(progress.clone()),
-        },
-        stop_he_rx,
-    ));
+    // The head-end is another system: its own thread and runtime, so it never waits behind
+    // the meters' pacing or links for a worker.
+    let (he_done_tx, he_done_rx) = oneshot::channel();
+    let outputs = Outputs {
+        alarms: Some(alarm_tx),
+        polls: None,
+        subscribed: Some(subscribed_tx),
+        progress: Some(progress.clone()),
+    };
+    std::thread::Builder::new()
+        .name("gridloop-head-end".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the head-end runtime: {e}"))
+                .and_then(|rt| {
+                    rt.block_on(run_head_end(cfg, core, Some(store), outputs, stop_he_rx))
+                        .map_err(|e| format!("head-end: {e}"))
+                });
+            let _ = he_done_tx.send(result);
+        })
+        .map_err(|e| format!("cannot start the head-end thread: {e}"))?;
     tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
         .await
         .map_err(|_| format!("the head-end did not subscribe at {broker_addr} within 10 s"))?
@@ -186,6 +212,12 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         let profile =
             ImpairProfile::for_group(scenario, g, derive_seed(scenario.seed, g as u32, 7))
                 .ok_or_else(|| format!("no network profile for group {g}"))?;
+        // A group with sim mode's default link and no network events connects straight to
+        // the broker: live mode then measures the real stack, not a modelled 5 ms backhaul.
+        if scenario.groups[g].link == LinkSpec::default() && profile.windows().is_empty() {
+            addrs.push(broker_addr);
+            continue;
+        }
         let outages = profile.outages();
         let (addr, task) = spawn_proxy(
             std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -252,12 +284,13 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         }
         tracing::info!("live {}: proxy of {name}: {stats:?}", scenario.name);
     }
-    let (report, core) = head_end
+    let (report, core) = he_done_rx
         .await
-        .map_err(|e| format!("head-end task failed: {e}"))?
-        .map_err(|e| format!("head-end: {e}"))?;
+        .map_err(|_| "the head-end thread ended without a result".to_owned())??;
     drop(broker);
-    let _ = std::fs::remove_dir_all(&store_dir);
+    if let Some(dir) = scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     tracing::info!(
         "live {}: {} pacing steps, {} overruns, links {link_report:?}, head-end {report:?}",
         scenario.name,
