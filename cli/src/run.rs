@@ -24,6 +24,9 @@ use crate::report_dir::StagedReporters;
 use crate::staged::same_file;
 use sim_core::Scenario;
 
+/// Runs one scenario: sim mode's harness or live mode.
+type Runner<'a> = dyn Fn(&Scenario, &str) -> ScenarioOutcome + Sync + 'a;
+
 /// Expectation kind reported for a scenario whose run panicked.
 pub const PANIC_KIND: &str = "panic";
 
@@ -170,10 +173,7 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
     };
     // Live runs take real time and real sockets: one scenario at a time.
     let live_pool;
-    let (pool, runner): (
-        &rayon::ThreadPool,
-        Box<dyn Fn(&Scenario, &str) -> ScenarioOutcome + Sync>,
-    ) = match &live {
+    let (pool, runner): (&rayon::ThreadPool, Box<Runner<'_>>) = match &live {
         None => (&pool, Box::new(sim_core::harness::run)),
         Some(opts) => {
             live_pool = rayon::ThreadPoolBuilder::new()
