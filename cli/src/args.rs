@@ -209,6 +209,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub drain_s: u64,
 
+    /// Live mode: the head-end polls every meter's Modbus registers this often (after an
+    /// encoding handshake); 0 = MQTT only
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub poll_ms: u64,
+
     /// Live mode: keep the head-end's alarm store (JSON Lines, one alarm per line) in this
     /// directory, one `<scenario>.alarms.jsonl` per scenario [default: a scratch directory,
     /// removed after the run]

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use head_end::poller::{run_poller, PollTarget, PollerConfig};
 use head_end::{
     run_head_end, AlarmRecord, AlarmStore, HeadEndCore, Kind, MeterInfo, Outputs, SubscriberConfig,
 };
@@ -22,12 +23,15 @@ use sim_core::head_end::{Alarm, AlarmKind};
 use sim_core::outcome::{ExpectationOutcome, ScenarioOutcome, TimelineEntry};
 use sim_core::scenario::{EventCode, LinkSpec};
 use sim_core::{Scenario, Seconds};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use virtual_meter::broker::{start_broker, BrokerUrl};
+use virtual_meter::fleet::GATEWAY_UNITS;
 use virtual_meter::live::group_model;
 use virtual_meter::mqtt::meter_name;
 use virtual_meter::pacing::{run_paced_with, PacingProgress, PacingStats};
+use virtual_meter::service::{serve, Units};
 use virtual_meter::{
     spawn_proxy, ImpairProfile, LiveMeter, MapOptions, MeterRef, RegisterMap, SharedMeter,
 };
@@ -47,7 +51,14 @@ pub struct LiveOptions {
     pub mqtt: MqttArgs,
     /// Keep the alarm store as `DIR/<scenario>.alarms.jsonl` (else a scratch file).
     pub alarm_store: Option<std::path::PathBuf>,
+    /// The head-end polls every meter's Modbus registers this often (through the group's
+    /// impairment proxy); `None`: no polling, MQTT only.
+    pub poll: Option<Duration>,
 }
+
+/// Seed streams of the impairment proxies (see `harness::derive_seed`).
+const MQTT_STREAM: u64 = 7;
+const MODBUS_STREAM: u64 = 8;
 
 /// Expectation kind of a run that could not take place (broker, sockets).
 pub const ENVIRONMENT_KIND: &str = "live environment";
@@ -175,15 +186,88 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         &format!("gridloop-head-end-{}", std::process::id()),
     );
     cfg.clean_session = true;
+    // Modbus: each group's meters behind gateways (247 unit ids each), reached by the head-end's
+    // poller through the group's impairment proxy when the group has one.
+    let (stop_modbus, stop_modbus_rx) = watch::channel(false);
+    let mut servers = Vec::new();
+    let mut modbus_proxies = Vec::new();
+    let mut targets = Vec::new();
+    if let Some(interval) = opts.poll {
+        let mut first = 0usize;
+        for (g, group) in scenario.groups.iter().enumerate() {
+            let count = group.count as usize;
+            let members: Vec<&(SharedMeter, MeterRef)> =
+                meters[first..first + count].iter().collect();
+            first += count;
+            for chunk in members.chunks(GATEWAY_UNITS as usize) {
+                let listener = TcpListener::bind(("127.0.0.1", 0))
+                    .await
+                    .map_err(|e| format!("cannot listen for Modbus: {e}"))?;
+                let gateway = listener
+                    .local_addr()
+                    .map_err(|e| format!("cannot read a bound address: {e}"))?;
+                let units = Units::Gateway(chunk.iter().map(|(m, _)| m.clone()).collect());
+                let mut stop = stop_modbus_rx.clone();
+                servers.push(tokio::spawn(serve(
+                    listener,
+                    Arc::new(units),
+                    Box::pin(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    }),
+                )));
+                let addr = match impaired(scenario, g, MODBUS_STREAM) {
+                    Some(profile) => {
+                        let (addr, task) = spawn_proxy(
+                            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                            gateway,
+                            profile,
+                            start,
+                            stop_modbus_rx.clone(),
+                        )
+                        .await
+                        .map_err(|e| format!("cannot start the Modbus proxy of group {g}: {e}"))?;
+                        modbus_proxies.push(task);
+                        addr
+                    }
+                    None => gateway,
+                };
+                for (unit, (_, which)) in chunk.iter().enumerate() {
+                    targets.push(PollTarget {
+                        meter: which.id(scenario),
+                        info: MeterInfo {
+                            name: meter_name(&group.name, which.index),
+                            substation: group.substation.clone(),
+                            group: group.name.clone(),
+                        },
+                        addr,
+                        unit: u8::try_from(unit + 1).ok(),
+                        expected: group.registers,
+                        interval,
+                        channels: scenario.grid.channels(),
+                        epoch_ms: Some(epoch_ms),
+                    });
+                }
+            }
+        }
+    }
+
     // The head-end is another system: its own thread and runtime, so it never waits behind
     // the meters' pacing or links for a worker.
     let (he_done_tx, he_done_rx) = oneshot::channel();
+    let (poll_tx, poll_rx) = mpsc::channel(4096);
     let outputs = Outputs {
         alarms: Some(alarm_tx),
-        polls: None,
+        polls: (!targets.is_empty()).then_some(poll_rx),
         subscribed: Some(subscribed_tx),
         progress: Some(progress.clone()),
     };
+    let poller_cfg = PollerConfig {
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        seed: scenario.seed,
+        ..PollerConfig::default()
+    };
+    let poller_stop = stop_he_rx.clone();
     std::thread::Builder::new()
         .name("gridloop-head-end".into())
         .spawn(move || {
@@ -192,8 +276,19 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
                 .build()
                 .map_err(|e| format!("cannot start the head-end runtime: {e}"))
                 .and_then(|rt| {
-                    rt.block_on(run_head_end(cfg, core, Some(store), outputs, stop_he_rx))
-                        .map_err(|e| format!("head-end: {e}"))
+                    rt.block_on(async move {
+                        let poller = (!targets.is_empty()).then(|| {
+                            tokio::spawn(run_poller(targets, poller_cfg, poll_tx, poller_stop))
+                        });
+                        let result = run_head_end(cfg, core, Some(store), outputs, stop_he_rx)
+                            .await
+                            .map_err(|e| format!("head-end: {e}"));
+                        let polled = match poller {
+                            Some(p) => p.await.ok(),
+                            None => None,
+                        };
+                        result.map(|(report, core)| (report, core, polled))
+                    })
                 });
             let _ = he_done_tx.send(result);
         })
@@ -209,15 +304,10 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
     let mut proxies = Vec::with_capacity(scenario.groups.len());
     let mut addrs = Vec::with_capacity(scenario.groups.len());
     for g in 0..scenario.groups.len() {
-        let profile =
-            ImpairProfile::for_group(scenario, g, derive_seed(scenario.seed, g as u32, 7))
-                .ok_or_else(|| format!("no network profile for group {g}"))?;
-        // A group with sim mode's default link and no network events connects straight to
-        // the broker: live mode then measures the real stack, not a modelled 5 ms backhaul.
-        if scenario.groups[g].link == LinkSpec::default() && profile.windows().is_empty() {
+        let Some(profile) = impaired(scenario, g, MQTT_STREAM) else {
             addrs.push(broker_addr);
             continue;
-        }
+        };
         let outages = profile.outages();
         let (addr, task) = spawn_proxy(
             std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -284,7 +374,16 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         }
         tracing::info!("live {}: proxy of {name}: {stats:?}", scenario.name);
     }
-    let (report, core) = he_done_rx
+    let _ = stop_modbus.send(true);
+    for s in servers {
+        if let Ok(Err(e)) = s.await {
+            tracing::warn!("live {}: a Modbus gateway ended with {e}", scenario.name);
+        }
+    }
+    for p in modbus_proxies {
+        let _ = p.await;
+    }
+    let (report, core, polled) = he_done_rx
         .await
         .map_err(|_| "the head-end thread ended without a result".to_owned())??;
     drop(broker);
@@ -292,7 +391,8 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         let _ = std::fs::remove_dir_all(dir);
     }
     tracing::info!(
-        "live {}: {} pacing steps, {} overruns, links {link_report:?}, head-end {report:?}",
+        "live {}: {} pacing steps, {} overruns, links {link_report:?}, head-end {report:?}, \
+         poller {polled:?}",
         scenario.name,
         stats.steps,
         stats.overruns
@@ -343,6 +443,20 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         obs.timeline.sort_by(|a, b| a.at.total_cmp(&b.at));
     }
     Ok(obs)
+}
+
+/// Group `g`'s impairment profile, or `None` for a group with sim mode's default link and no
+/// network events: it connects straight to the broker (and is polled directly), so live mode
+/// measures the real stack rather than a modelled 5 ms backhaul. `stream` separates the seeds
+/// of the MQTT and Modbus proxies (independent jitter and loss).
+fn impaired(scenario: &Scenario, g: usize, stream: u64) -> Option<ImpairProfile> {
+    let profile =
+        ImpairProfile::for_group(scenario, g, derive_seed(scenario.seed, g as u32, stream))?;
+    if scenario.groups[g].link == LinkSpec::default() && profile.windows().is_empty() {
+        None
+    } else {
+        Some(profile)
+    }
 }
 
 /// A stored alarm record as sim-core's alarm in grid time (`epoch_ms` = grid time 0).
