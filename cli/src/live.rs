@@ -325,7 +325,6 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
     // Links (each meter keeps its messages in its ring until its link is up), then pacing.
     let all: Vec<SharedMeter> = meters.iter().map(|(m, _)| m.clone()).collect();
     let links = Links::spawn_via(scenario, meters.clone(), &addrs, &opts.mqtt, epoch_ms);
-    let counters = links.counters.clone();
     let mut stats = PacingStats::default();
     // Grid time 0 was `start`; meters catch up to the wall clock on their first step.
     let chunks = all.len().div_ceil(2).max(1);
@@ -350,9 +349,20 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
     }
     // Flush: every link sends what its meter buffered, then disconnects.
     let link_report = links.stop().await;
-    let acked = counters.snapshot().acked;
+    // Everything a meter produced reaches the head-end unless its ring overflowed or it is
+    // still in the ring (a link that could not flush): wait for exactly that many distinct
+    // messages, bounded by --drain-s.
+    let deliverable: u64 = all
+        .iter()
+        .filter_map(|m| {
+            m.lock().ok().map(|m| {
+                let meter = m.meter();
+                meter.produced() - meter.overflowed() - meter.buffered() as u64
+            })
+        })
+        .sum();
     let deadline = Instant::now() + opts.drain;
-    while progress.load(Ordering::Relaxed) < acked && Instant::now() < deadline {
+    while progress.load(Ordering::Relaxed) < deliverable && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = stop_he.send(true);

@@ -129,7 +129,8 @@ pub struct Outputs {
     pub polls: Option<mpsc::Receiver<PollEvent>>,
     /// Told once the first subscription is acknowledged (the head-end hears from then on).
     pub subscribed: Option<tokio::sync::oneshot::Sender<()>>,
-    /// Publish packets handled so far (for a harness waiting until everything arrived).
+    /// Distinct (meter, seq) readings and events ingested so far (for a harness waiting until
+    /// everything the meters sent has arrived; statuses and duplicates are not counted).
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
@@ -214,13 +215,18 @@ pub async fn run_head_end(
                         FromBroker::Publish(p) => {
                             batch += 1;
                             let now = now_ms();
-                            if let Err(e) = core.on_mqtt(&p.topic, &p.payload, now, &mut alarms) {
-                                tracing::warn!("head-end {}: refused: {e}", core.instance());
+                            match core.on_mqtt(&p.topic, &p.payload, now, &mut alarms) {
+                                Ok(true) => {
+                                    if let Some(c) = &outputs.progress {
+                                        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    }
+                                }
+                                Ok(false) => {}
+                                Err(e) => {
+                                    tracing::warn!("head-end {}: refused: {e}", core.instance());
+                                }
                             }
                             to_ack.push(p);
-                            if let Some(c) = &outputs.progress {
-                                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
                         }
                         FromBroker::Connected { session_present } => {
                             report.connects += 1;
