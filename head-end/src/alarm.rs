@@ -94,8 +94,8 @@ pub struct AlarmRecord {
 }
 
 impl AlarmRecord {
-    /// `gridloop/{substation}/head-end/{instance}/alarm`: under the substation, one level
-    /// deeper than nothing a meter publishes, so meter subscriptions never see alarms.
+    /// `gridloop-alarms/{substation}/{instance}`: outside the meters' `gridloop/…` tree, so a
+    /// head-end subscribed to its substations' meters never receives its own alarms back.
     pub fn topic(&self) -> String {
         alarm_topic(&self.substation, &self.instance)
     }
@@ -116,7 +116,7 @@ pub fn alarm_topic(substation: &str, instance: &str) -> String {
         }
     };
     format!(
-        "gridloop/{}/head-end/{}/alarm",
+        "gridloop-alarms/{}/{}",
         seg(substation),
         seg(instance)
     )
@@ -152,8 +152,8 @@ mod tests {
         assert!(text.contains("\"kind\":\"ENCODING_MISMATCH\""), "{text}");
         let back: AlarmRecord = serde_json::from_str(&text).unwrap();
         assert_eq!(back, a);
-        assert_eq!(a.topic(), "gridloop/sub-01/head-end/he-1/alarm");
-        assert_eq!(alarm_topic("", "a/b"), "gridloop/_/head-end/a_b/alarm");
+        assert_eq!(a.topic(), "gridloop-alarms/sub-01/he-1");
+        assert_eq!(alarm_topic("", "a/b"), "gridloop-alarms/_/a_b");
         assert_eq!(Kind::Unreachable.name(), "UNREACHABLE");
     }
 }
