@@ -214,8 +214,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub poll_ms: u64,
 
-    /// Live mode: keep the head-end's alarm store (JSON Lines, one alarm per line) in this
-    /// directory, one `<scenario>.alarms.jsonl` per scenario [default: a scratch directory,
+    /// Live mode: head-end instances sharing the fleet by substation (each its own MQTT
+    /// connection and alarm store) [default: one per substation]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub head_ends: Option<u16>,
+
+    /// Live mode: keep the head-end's alarm stores (JSON Lines, one alarm per line) in this
+    /// directory, one `<scenario>.<instance>.alarms.jsonl` per scenario and instance [default: a scratch directory,
     /// removed after the run]
     #[arg(long, value_name = "DIR")]
     pub alarm_store: Option<PathBuf>,

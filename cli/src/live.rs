@@ -51,6 +51,8 @@ pub struct LiveOptions {
     pub mqtt: MqttArgs,
     /// Keep the alarm store as `DIR/<scenario>.alarms.jsonl` (else a scratch file).
     pub alarm_store: Option<std::path::PathBuf>,
+    /// Head-end instances, each taking whole substations [default: one per substation].
+    pub head_ends: Option<usize>,
     /// The head-end polls every meter's Modbus registers this often (through the group's
     /// impairment proxy); `None`: no polling, MQTT only.
     pub poll: Option<Duration>,
@@ -145,13 +147,70 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         }
     }
 
-    // The head-end: expects every meter from grid time 0, stores alarms in a scratch store.
+    // The head-end: one instance per substation (at most --head-ends; substations dealt out
+    // in turn), each with its own MQTT connection, alarm store and share of the poll targets.
+    // Every instance expects its meters from grid time 0.
     let epoch_ms = epoch_now_ms();
     let start = Instant::now();
-    let mut core = HeadEndCore::new(scenario.head_end, "live");
+    let mut substations: Vec<&str> = Vec::new();
+    for g in &scenario.groups {
+        if !substations.contains(&g.substation.as_str()) {
+            substations.push(&g.substation);
+        }
+    }
+    let n = opts
+        .head_ends
+        .unwrap_or(substations.len())
+        .clamp(1, substations.len().max(1));
+    let instance_of = |g: usize| {
+        let sub = scenario.groups[g].substation.as_str();
+        substations.iter().position(|s| *s == sub).unwrap_or(0) % n
+    };
+    let (store_dir, scratch) = match &opts.alarm_store {
+        Some(dir) => (dir.clone(), false),
+        None => (tempdir()?, true),
+    };
+    let (alarm_tx, mut alarm_rx) = mpsc::unbounded_channel();
+    let progress = Arc::new(AtomicU64::new(0));
+    let (stop_he, stop_he_rx) = watch::channel(false);
+    let mut instances = Vec::with_capacity(n);
+    for k in 0..n {
+        let name = if n == 1 {
+            "live".to_owned()
+        } else {
+            format!("live-{k}")
+        };
+        let path = store_dir.join(format!("{}.{name}.alarms.jsonl", scenario.name));
+        if !scratch {
+            // A fresh store per run: old alarms would be restored as already handled.
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot replace {}: {e}", path.display())),
+            }
+        }
+        let (store, _) = AlarmStore::open(&path).map_err(|e| e.to_string())?;
+        let mut cfg = SubscriberConfig::new(
+            broker_addr,
+            &format!("gridloop-head-end-{}-{k}", std::process::id()),
+        );
+        cfg.clean_session = true;
+        cfg.substations = substations
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % n == k)
+            .map(|(_, s)| (*s).to_owned())
+            .collect();
+        instances.push(Instance {
+            core: HeadEndCore::new(scenario.head_end, &name),
+            cfg,
+            store,
+            targets: Vec::new(),
+        });
+    }
     for (_, which) in &meters {
         let group = &scenario.groups[which.group];
-        core.expect_meter(
+        instances[instance_of(which.group)].core.expect_meter(
             which.id(scenario),
             MeterInfo {
                 name: meter_name(&group.name, which.index),
@@ -161,37 +220,11 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
             epoch_ms,
         );
     }
-    let (store_path, scratch) = match &opts.alarm_store {
-        Some(dir) => (dir.join(format!("{}.alarms.jsonl", scenario.name)), None),
-        None => {
-            let dir = tempdir()?;
-            (dir.join("alarms.jsonl"), Some(dir))
-        }
-    };
-    if scratch.is_none() {
-        // A fresh store per run: old alarms would be restored as already handled.
-        match std::fs::remove_file(&store_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot replace {}: {e}", store_path.display())),
-        }
-    }
-    let (store, _) = AlarmStore::open(&store_path).map_err(|e| e.to_string())?;
-    let (alarm_tx, mut alarm_rx) = mpsc::unbounded_channel();
-    let (subscribed_tx, subscribed_rx) = oneshot::channel();
-    let progress = Arc::new(AtomicU64::new(0));
-    let (stop_he, stop_he_rx) = watch::channel(false);
-    let mut cfg = SubscriberConfig::new(
-        broker_addr,
-        &format!("gridloop-head-end-{}", std::process::id()),
-    );
-    cfg.clean_session = true;
     // Modbus: each group's meters behind gateways (247 unit ids each), reached by the head-end's
     // poller through the group's impairment proxy when the group has one.
     let (stop_modbus, stop_modbus_rx) = watch::channel(false);
     let mut servers = Vec::new();
     let mut modbus_proxies = Vec::new();
-    let mut targets = Vec::new();
     if let Some(interval) = opts.poll {
         let mut first = 0usize;
         for (g, group) in scenario.groups.iter().enumerate() {
@@ -232,7 +265,7 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
                     None => gateway,
                 };
                 for (unit, (_, which)) in chunk.iter().enumerate() {
-                    targets.push(PollTarget {
+                    instances[instance_of(g)].targets.push(PollTarget {
                         meter: which.id(scenario),
                         info: MeterInfo {
                             name: meter_name(&group.name, which.index),
@@ -254,20 +287,28 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
     // The head-end is another system: its own thread and runtime, so it never waits behind
     // the meters' pacing or links for a worker.
     let (he_done_tx, he_done_rx) = oneshot::channel();
-    let (poll_tx, poll_rx) = mpsc::channel(4096);
-    let outputs = Outputs {
-        alarms: Some(alarm_tx),
-        polls: (!targets.is_empty()).then_some(poll_rx),
-        subscribed: Some(subscribed_tx),
-        progress: Some(progress.clone()),
-    };
     let poller_cfg = PollerConfig {
         backoff_min: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),
         seed: scenario.seed,
         ..PollerConfig::default()
     };
-    let poller_stop = stop_he_rx.clone();
+    let mut subscribed = Vec::with_capacity(n);
+    let mut jobs = Vec::with_capacity(n);
+    for inst in instances {
+        let (subscribed_tx, subscribed_rx) = oneshot::channel();
+        subscribed.push(subscribed_rx);
+        let (poll_tx, poll_rx) = mpsc::channel(4096);
+        let outputs = Outputs {
+            alarms: Some(alarm_tx.clone()),
+            polls: (!inst.targets.is_empty()).then_some(poll_rx),
+            subscribed: Some(subscribed_tx),
+            progress: Some(progress.clone()),
+        };
+        jobs.push((inst, outputs, poll_tx));
+    }
+    drop(alarm_tx);
+    let stop_all = stop_he_rx.clone();
     std::thread::Builder::new()
         .name("gridloop-head-end".into())
         .spawn(move || {
@@ -277,26 +318,49 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
                 .map_err(|e| format!("cannot start the head-end runtime: {e}"))
                 .and_then(|rt| {
                     rt.block_on(async move {
-                        let poller = (!targets.is_empty()).then(|| {
-                            tokio::spawn(run_poller(targets, poller_cfg, poll_tx, poller_stop))
-                        });
-                        let result = run_head_end(cfg, core, Some(store), outputs, stop_he_rx)
-                            .await
-                            .map_err(|e| format!("head-end: {e}"));
-                        let polled = match poller {
-                            Some(p) => p.await.ok(),
-                            None => None,
-                        };
-                        result.map(|(report, core)| (report, core, polled))
+                        let mut tasks = Vec::with_capacity(jobs.len());
+                        for (inst, outputs, poll_tx) in jobs {
+                            let poller = (!inst.targets.is_empty()).then(|| {
+                                tokio::spawn(run_poller(
+                                    inst.targets,
+                                    poller_cfg.clone(),
+                                    poll_tx,
+                                    stop_all.clone(),
+                                ))
+                            });
+                            let he = tokio::spawn(run_head_end(
+                                inst.cfg,
+                                inst.core,
+                                Some(inst.store),
+                                outputs,
+                                stop_all.clone(),
+                            ));
+                            tasks.push((he, poller));
+                        }
+                        let mut done = Vec::with_capacity(tasks.len());
+                        for (he, poller) in tasks {
+                            let result = he
+                                .await
+                                .map_err(|e| format!("head-end task failed: {e}"))?
+                                .map_err(|e| format!("head-end: {e}"))?;
+                            let polled = match poller {
+                                Some(p) => p.await.ok(),
+                                None => None,
+                            };
+                            done.push((result.0, result.1, polled));
+                        }
+                        Ok::<_, String>(done)
                     })
                 });
             let _ = he_done_tx.send(result);
         })
         .map_err(|e| format!("cannot start the head-end thread: {e}"))?;
-    tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
-        .await
-        .map_err(|_| format!("the head-end did not subscribe at {broker_addr} within 10 s"))?
-        .map_err(|_| "the head-end stopped before subscribing".to_owned())?;
+    for rx in subscribed {
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .map_err(|_| format!("the head-end did not subscribe at {broker_addr} within 10 s"))?
+            .map_err(|_| "the head-end stopped before subscribing".to_owned())?;
+    }
 
     // Each group's backhaul: a proxy applying its link model and network events (latency,
     // jitter, loss as TCP retransmission delay, RF-loss windows cutting every connection).
@@ -393,20 +457,28 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
     for p in modbus_proxies {
         let _ = p.await;
     }
-    let (report, core, polled) = he_done_rx
+    let done = he_done_rx
         .await
         .map_err(|_| "the head-end thread ended without a result".to_owned())??;
     drop(broker);
-    if let Some(dir) = scratch {
-        let _ = std::fs::remove_dir_all(dir);
+    if scratch {
+        let _ = std::fs::remove_dir_all(&store_dir);
     }
     tracing::info!(
-        "live {}: {} pacing steps, {} overruns, links {link_report:?}, head-end {report:?}, \
-         poller {polled:?}",
+        "live {}: {} pacing steps, {} overruns, links {link_report:?}",
         scenario.name,
         stats.steps,
         stats.overruns
     );
+    let mut cores = Vec::with_capacity(done.len());
+    for (report, core, polled) in done {
+        tracing::info!(
+            "live {}: head-end {}: {report:?}, poller {polled:?}",
+            scenario.name,
+            core.instance()
+        );
+        cores.push(core);
+    }
 
     let mut records = Vec::with_capacity(meters.len());
     let mut probes = vec![ProbeRecord::default(); scenario.groups.len()];
@@ -434,7 +506,13 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
             alarms.push(a);
         }
     }
-    let ingest = core.stats();
+    let (delivered, duplicates) = cores.iter().fold((0, 0), |(u, d), c| {
+        (u + c.stats().unique, d + c.stats().duplicates)
+    });
+    let owner: std::collections::HashMap<u32, usize> = meters
+        .iter()
+        .map(|(_, w)| (w.id(scenario), instance_of(w.group)))
+        .collect();
     let mut obs = observe(
         scenario,
         RunFacts {
@@ -443,9 +521,14 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
             alarms: &alarms,
             samples: 0,
             half_cycles: 0,
-            delivered: ingest.unique,
-            duplicates: ingest.duplicates,
-            missing: &|meter, produced| core.missing(meter, produced),
+            delivered,
+            duplicates,
+            missing: &|meter, produced| {
+                let k = owner.get(&meter).copied().unwrap_or(0);
+                cores
+                    .get(k)
+                    .map_or(produced, |c| c.missing(meter, produced))
+            },
         },
     );
     if !observed.is_empty() {
@@ -453,6 +536,14 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         obs.timeline.sort_by(|a, b| a.at.total_cmp(&b.at));
     }
     Ok(obs)
+}
+
+/// One head-end instance before it starts.
+struct Instance {
+    core: HeadEndCore,
+    cfg: SubscriberConfig,
+    store: AlarmStore,
+    targets: Vec<PollTarget>,
 }
 
 /// Group `g`'s impairment profile, or `None` for a group with sim mode's default link and no

@@ -159,6 +159,7 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
             step: Duration::from_millis(args.step_ms),
             drain: Duration::from_secs(args.drain_s),
             alarm_store: args.alarm_store.clone(),
+            head_ends: args.head_ends.map(usize::from),
             poll: (args.poll_ms > 0).then(|| Duration::from_millis(args.poll_ms)),
             mqtt: crate::mqtt_links::MqttArgs {
                 reconnect_max_ms: args.mqtt.reconnect_max_ms.or(Some(50)),

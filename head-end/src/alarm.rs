@@ -115,11 +115,7 @@ pub fn alarm_topic(substation: &str, instance: &str) -> String {
             s.replace(['/', '+', '#'], "_")
         }
     };
-    format!(
-        "gridloop-alarms/{}/{}",
-        seg(substation),
-        seg(instance)
-    )
+    format!("gridloop-alarms/{}/{}", seg(substation), seg(instance))
 }
 
 #[cfg(test)]
