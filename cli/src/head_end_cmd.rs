@@ -55,7 +55,7 @@ pub struct HeadEndArgs {
     pub share: Option<String>,
 
     /// MQTT client id; keep it the same across restarts so the broker keeps the session and
-    /// queues messages while the head-end is down [default: gridloop-head-end-<hostname>]
+    /// queues messages while the head-end is down [default: gridloop-head-end-HOSTNAME]
     #[arg(long, value_name = "ID")]
     pub client_id: Option<String>,
 
@@ -77,9 +77,9 @@ pub struct HeadEndArgs {
     #[arg(long = "poll", value_name = "HOST:PORT[@UNIT]", value_parser = poll_address)]
     pub poll: Vec<PollAddress>,
 
-    /// Analog encoding the polled meters are expected to use: float32[:ORDER], int16:SCALE or
-    /// uint32:SCALE[:ORDER] (ORDER: abcd, cdab, badc, dcba) [default: float32 for --poll;
-    /// each group's encoding for --poll-fleet]
+    /// Analog encoding the polled meters are expected to use: float32, float32:ORDER,
+    /// int16:SCALE, uint32:SCALE or uint32:SCALE:ORDER (ORDER: abcd, cdab, badc, dcba)
+    /// [default: float32 for --poll; each group's encoding for --poll-fleet]
     #[arg(long, value_name = "ENCODING", value_parser = encoding)]
     pub encoding: Option<RegisterEncoding>,
 
