@@ -64,6 +64,9 @@ pub enum Command {
     Calibrate(crate::calibrate::CalibrateArgs),
     /// Run the embedded MQTT broker (rumqttd) standalone (prints the bound address)
     Broker(crate::broker::BrokerArgs),
+    /// Run the head-end: subscribe to meters' MQTT telemetry, poll their Modbus registers,
+    /// raise and store alarms
+    HeadEnd(crate::head_end_cmd::HeadEndArgs),
 }
 
 /// `gridloop meter`: one meter, or a gateway of several, running a scenario in real time.

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod exit;
 pub mod export;
 pub mod fleet;
+pub mod head_end_cmd;
 pub mod live;
 pub mod load;
 pub mod meter;
@@ -51,6 +52,7 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(args),
         Command::Calibrate(args) => calibrate::calibrate(args),
         Command::Broker(args) => broker::broker(args),
+        Command::HeadEnd(args) => head_end_cmd::head_end(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
