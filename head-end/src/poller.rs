@@ -480,7 +480,13 @@ impl Link {
                     self.meters[i].verified = true;
                 }
                 Verdict::Mismatch { detail } => {
-                    tracing::warn!(meter, "encoding mismatch: {detail}");
+                    // Warned once (the alarm carries the detail); re-checks at every poll
+                    // stay quiet unless the meter's registers change.
+                    if self.meters[i].mismatch_sent {
+                        tracing::debug!(meter, "encoding still mismatched: {detail}");
+                    } else {
+                        tracing::warn!(meter, "encoding mismatch: {detail}");
+                    }
                     if !self.meters[i].mismatch_sent {
                         self.meters[i].mismatch_sent = true;
                         self.report.mismatches += 1;
