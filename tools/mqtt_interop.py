@@ -19,7 +19,13 @@ waited for until a probe published with `mosquitto_pub` comes back. Then:
      SIGKILL (the TCP connection closes without DISCONNECT) and checks that the offline will
      arrives within 1.5 × the 30 s keep-alive (Mosquitto publishes it at once on an unclean
      disconnect: a few ms here, reported; checked under 5 s, far below the keep-alive) and is
-     retained.
+     retained;
+  4. head-end: `gridloop head-end --broker mqtt://127.0.0.1:PORT --json-alarms` subscribed to the
+     fleet while the sag scenario runs as meter 3, and a second `mosquitto_sub` on
+     `gridloop-alarms/#`: every trip and clear in the meter's event log arrives there as an
+     alarm (kind, code, phase, meter, seq, source time, receive time ≥ source time, latency =
+     receive − source), equal to the alarms the head-end printed and stored in its JSON Lines
+     store, each exactly once.
 Every wait is bounded; exits non-zero on the first failed check. Loopback only.
 
 Usage: python3 tools/mqtt_interop.py [target/release/gridloop] [--scenario FILE]
@@ -111,11 +117,11 @@ class Broker:
 class Subscriber:
     """`mosquitto_sub` on gridloop/# and the probe topic; lines collected by a reader thread."""
 
-    def __init__(self, port):
+    def __init__(self, port, topic_filter="gridloop/#"):
         exe = program("mosquitto_sub")
         check(exe is not None, "mosquitto_sub is installed")
         self.port = port
-        cmd = [exe, "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-v", "-t", "gridloop/#", "-t", PROBE_TOPIC,
+        cmd = [exe, "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-v", "-t", topic_filter, "-t", PROBE_TOPIC,
                "-F", "%r %t %x"]
         print("+ " + " ".join(cmd), flush=True)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
@@ -311,6 +317,60 @@ def will_run(binary, scenario, sub):
     check(retained and json.loads(bytes.fromhex(hexed)).get("status") == "offline", "the will is retained")
 
 
+def headend_run(binary, scenario, port, workdir):
+    meter_id = 3
+    alarms_sub = Subscriber(port, "gridloop-alarms/#")
+    alarms_sub.wait_subscribed()
+    store = os.path.join(workdir, "alarms.jsonl")
+    cmd = [binary, "head-end", "--broker", f"mqtt://127.0.0.1:{port}", "--client-id", "interop-head-end",
+           "--substation", SUBSTATION, "--store", store, "--json-alarms", "--duration", "60s"]
+    print("+ " + " ".join(cmd), flush=True)
+    he = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    cleanup.append(lambda: stop_process(he))
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in he.stderr], daemon=True).start()
+    deadline = time.monotonic() + 15
+    ready = False
+    while not ready and time.monotonic() < deadline:
+        try:
+            ready = "subscribed at" in lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+    check(ready, "gridloop head-end printed `subscribed at …` within 15 s")
+    log = os.path.join(workdir, "voltage_events-3.log")
+    run_meter(binary, scenario, port, "json", meter_id, log)
+    logged = parse_event_log(log, f"{GROUP}-{meter_id:04d}") or parse_event_log(log, f"{GROUP}/{meter_id}")
+    check(len(logged) >= 2, f"meter {meter_id} logged its trip and clear ({len(logged)} events)")
+    got = []
+    deadline = time.monotonic() + TIMEOUT
+    while len(got) < len(logged) and (m := alarms_sub.next(deadline)) is not None:
+        if m[2] != PROBE_TOPIC:
+            got.append((m[2], json.loads(m[3])))
+    check(len(got) == len(logged), f"mosquitto_sub received {len(got)} alarms on gridloop-alarms/# "
+                                   f"for {len(logged)} logged events")
+    stop_process(he, signal.SIGINT)
+    printed = [json.loads(l) for l in he.stdout.read().splitlines() if l.startswith("{")]
+    check(he.returncode == 0, f"head-end exit code 0 after Ctrl-C (got {he.returncode})")
+    with open(store) as f:
+        stored = [json.loads(l) for l in f if l.strip()]
+    for (t, code, phase, value, limit), (tp, a) in zip(logged, got):
+        kind = "TRIP" if "TRIP" in code else "CLEAR"
+        check(tp == f"gridloop-alarms/{SUBSTATION}/interop-head-end", f"alarm topic {tp}")
+        check(a["kind"] == kind and a["code"] == code and a["phase"] == phase and a["meter"] == meter_id
+              and a["name"] == f"{GROUP}-{meter_id:04d}" and a["substation"] == SUBSTATION
+              and abs(a["value"] - value) <= 0.01 and a["limit"] == limit,
+              f"alarm {a['kind']} {a['code']} {a['phase']} of {a['name']} = logged {code} {phase} value {value:.2f}")
+        check(a["receive_ms"] >= a["source_ms"] and a["latency_ms"] == a["receive_ms"] - a["source_ms"],
+              f"alarm times: source {a['source_ms']}, receive {a['receive_ms']}, latency {a['latency_ms']} ms")
+    keys = [(a["meter"], a["seq"]) for _, a in got]
+    check(len(set(keys)) == len(keys), "each alarm exactly once on MQTT")
+    mine = [a for a in stored if a["meter"] == meter_id]
+    check(mine == [a for _, a in got], f"the store holds exactly the {len(got)} alarms published")
+    check([a for a in printed if a["meter"] == meter_id] == mine, "the head-end printed the same alarms")
+    lat = sorted(a["latency_ms"] for _, a in got)
+    print(f"      head-end alarm latency (source to head-end): {lat} ms", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("binary", nargs="?", default=None, help="the gridloop binary [target/release/gridloop]")
@@ -328,6 +388,7 @@ def main():
         sub.wait_subscribed()
         equality_run(binary, args.scenario, sub, workdir)
         will_run(binary, args.scenario, sub)
+        headend_run(binary, args.scenario, broker.port, workdir)
         for f in reversed(cleanup):
             f()
         cleanup.clear()
