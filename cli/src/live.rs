@@ -54,12 +54,27 @@ pub const ENVIRONMENT_KIND: &str = "live environment";
 
 /// Run `scenario` live; `file` is the path shown in reports.
 pub fn run_live(scenario: &Scenario, file: &str, opts: &LiveOptions) -> ScenarioOutcome {
-    let result = tokio::runtime::Builder::new_multi_thread()
+    live_outcome(scenario, file, observe_live(scenario, opts))
+}
+
+/// Run `scenario` live and return what it observed (the meters' own records included), or why
+/// the run could not take place.
+pub fn observe_live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, String> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the tokio runtime: {e}"))
-        .and_then(|rt| rt.block_on(live(scenario, opts)));
+        .and_then(|rt| rt.block_on(live(scenario, opts)))
+}
+
+/// The outcome of a live run from its observations: the expectations judged on them, or one
+/// failed [`ENVIRONMENT_KIND`] expectation saying why the run could not take place.
+pub fn live_outcome(
+    scenario: &Scenario,
+    file: &str,
+    result: Result<Observations, String>,
+) -> ScenarioOutcome {
     let (obs, expectations) = match result {
         Ok(obs) => {
             let ex = sim_core::expect::evaluate(scenario, &obs);

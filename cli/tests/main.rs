@@ -12,6 +12,7 @@ mod broker;
 mod calibrate;
 mod export;
 mod fleet;
+mod live;
 mod meter;
 mod replay;
 mod report;
