@@ -190,6 +190,12 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         &format!("gridloop-head-end-{}", std::process::id()),
     );
     cfg.clean_session = true;
+    // Nobody here subscribes to the alarm topic, and publishing there costs alarm latency:
+    // the broker's PUBACKs to the head-end share its socket with the forwarded meter messages,
+    // and with Nagle on that socket (neither rumqttd nor Mosquitto's default sets TCP_NODELAY)
+    // and the head-end's delayed ACK, a meter's second trip within ~40 ms waited ~40 ms behind
+    // them (docs/live-mode.md).
+    cfg.publish_alarms = false;
     // The head-end is another system: its own thread and runtime, so it never waits behind
     // the meters' pacing or links for a worker.
     let (he_done_tx, he_done_rx) = oneshot::channel();
