@@ -204,7 +204,7 @@ fn sim_and_live_agree_on_a_representative_subset() {
     let library = manifest().join("../scenarios/library");
     let mut files: Vec<PathBuf> = LIBRARY_SUBSET.iter().map(|f| library.join(f)).collect();
     // packet-loss-qos1, shortened: a lossy backhaul through the impairment proxy.
-    files.push(manifest().join("tests/fixtures/live/packet-loss-short.yaml"));
+    files.push(manifest().join("tests/live-fixtures/packet-loss-short.yaml"));
     let mut walls = Vec::new();
     for path in &files {
         let file = path.display().to_string();
@@ -230,7 +230,7 @@ fn sim_and_live_agree_on_a_representative_subset() {
 }
 
 /// The short RF-loss fixture: feeder-rf's backhaul is down over [3 s, 8 s), a sag at 5 s.
-const RF_FIXTURE: &str = "tests/fixtures/live/rf-loss-short.yaml";
+const RF_FIXTURE: &str = "tests/live-fixtures/rf-loss-short.yaml";
 const OUTAGE: (f64, f64) = (3.0, 8.0);
 
 #[test]
