@@ -24,7 +24,9 @@ use sim_core::scenario::{EventCode, LinkSpec};
 use sim_core::{Scenario, Seconds};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use virtual_meter::broker::{start_broker, BrokerUrl};
+use virtual_meter::broker::{
+    start_broker, BrokerError, BrokerUrl, EmbeddedBroker, EmbeddedConfig, RunningBroker,
+};
 use virtual_meter::live::group_model;
 use virtual_meter::mqtt::meter_name;
 use virtual_meter::pacing::{run_paced_with, PacingProgress, PacingStats};
@@ -119,7 +121,7 @@ pub fn live_outcome(
 
 async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, String> {
     let url = opts.broker.clone();
-    let broker = tokio::task::spawn_blocking(move || start_broker(&url))
+    let broker = tokio::task::spawn_blocking(move || start_live_broker(&url))
         .await
         .map_err(|e| format!("broker start failed: {e}"))?
         .map_err(|e| e.to_string())?;
@@ -364,6 +366,27 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         obs.timeline.sort_by(|a, b| a.at.total_cmp(&b.at));
     }
     Ok(obs)
+}
+
+/// The broker of a live run. The embedded one without [`EmbeddedConfig`]'s small per-topic
+/// logs: rumqttd applies a custom log to every filter its pattern matches, the head-end's
+/// subscriptions (`gridloop/+/+/+/telemetry`, …) included, and a head-end more than 64 KiB
+/// behind then skipped ahead ("jumping to head"): grid-wide-sag-fleet lost 5734–6753 of 8400
+/// messages. With the head-end subscribed before any meter publishes, every meter topic is
+/// matched by one of its filters, so no per-topic log is created and the default limits
+/// (1 MiB × 32 per log) bound three logs.
+fn start_live_broker(url: &BrokerUrl) -> Result<RunningBroker, BrokerError> {
+    match url {
+        BrokerUrl::Embedded => EmbeddedBroker::start_with(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            EmbeddedConfig {
+                topic_logs: Vec::new(),
+                ..EmbeddedConfig::default()
+            },
+        )
+        .map(RunningBroker::Embedded),
+        other => start_broker(other),
+    }
 }
 
 /// A stored alarm record as sim-core's alarm in grid time (`epoch_ms` = grid time 0).
