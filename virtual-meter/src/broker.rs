@@ -300,7 +300,8 @@ impl Drop for SpawnedMosquitto {
 }
 
 /// The generated config: one loopback listener, anonymous, queues big enough that a meter's
-/// whole ring can be in flight, persistence in `dir` (written on shutdown only) so a
+/// whole ring can be in flight, TCP_NODELAY on every socket (small MQTT packets are never held
+/// back by Nagle waiting for a delayed ACK), persistence in `dir` (written on shutdown only) so a
 /// [`SpawnedMosquitto::restart`] keeps persistent sessions.
 pub fn mosquitto_config(addr: SocketAddr, dir: &Path) -> String {
     // Started as root, Mosquitto drops to user `mosquitto`, which could not write our
@@ -317,6 +318,7 @@ pub fn mosquitto_config(addr: SocketAddr, dir: &Path) -> String {
          max_inflight_messages 0\n\
          max_queued_messages 1000000\n\
          max_connections -1\n\
+         set_tcp_nodelay true\n\
          log_dest stderr\n\
          log_type error\n\
          log_type warning\n",
