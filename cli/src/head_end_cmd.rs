@@ -73,7 +73,8 @@ pub struct HeadEndArgs {
     pub stale_after: Duration,
 
     /// Poll a meter over Modbus/TCP (unit id after `@`; without one the meter has the port to
-    /// itself); repeat for several. Meters get ids 0, 1, … in the order given
+    /// itself); repeat for several. Meters get ids 2147483648, 2147483649, … (2^31 + k, clear
+    /// of fleet meter ids) in the order given
     #[arg(long = "poll", value_name = "HOST:PORT[@UNIT]", value_parser = poll_address)]
     pub poll: Vec<PollAddress>,
 
@@ -233,12 +234,16 @@ pub fn default_client_id() -> String {
     }
 }
 
+/// Ids of `--poll` meters start here: a fleet's meters (numbered from 0 in their payloads)
+/// never collide with them in the head-end's tables or its store.
+pub const POLL_ID_BASE: u32 = 1 << 31;
+
 /// The Modbus targets the flags name (empty without `--poll`/`--poll-fleet`).
 fn poll_targets(args: &HeadEndArgs) -> Result<Vec<PollTarget>, Failure> {
     let mut targets = Vec::new();
     for (k, p) in args.poll.iter().enumerate() {
         targets.push(PollTarget {
-            meter: k as u32,
+            meter: POLL_ID_BASE + k as u32,
             info: MeterInfo {
                 name: p.to_string(),
                 substation: String::new(),
@@ -329,7 +334,7 @@ pub fn head_end(args: &HeadEndArgs) -> CommandResult {
         },
         &client_id,
     );
-    core.restore(&restored);
+    core.restore(&restored, now_ms());
     let now = now_ms();
     for t in &targets {
         core.expect_meter(t.meter, t.info.clone(), now);

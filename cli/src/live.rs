@@ -211,7 +211,8 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
             broker_addr,
             &format!("gridloop-head-end-{}-{k}", std::process::id()),
         );
-        cfg.clean_session = true;
+        // A persistent session: a head-end reconnect mid-run loses nothing the broker queued.
+        cfg.clean_session = false;
         cfg.substations = substations
             .iter()
             .enumerate()
@@ -422,11 +423,10 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         }));
     }
     for p in pacers {
-        if let Ok(s) = p.await {
-            stats.steps += s.steps;
-            stats.overruns += s.overruns;
-            stats.max_step_work = stats.max_step_work.max(s.max_step_work);
-        }
+        let s = p.await.map_err(|e| format!("a pacing task failed: {e}"))?;
+        stats.steps += s.steps;
+        stats.overruns += s.overruns;
+        stats.max_step_work = stats.max_step_work.max(s.max_step_work);
     }
     // Flush: every link sends what its meter buffered, then disconnects.
     let link_report = links.stop().await;
@@ -438,7 +438,10 @@ async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, S
         .filter_map(|m| {
             m.lock().ok().map(|m| {
                 let meter = m.meter();
-                meter.produced() - meter.overflowed() - meter.buffered() as u64
+                meter
+                    .produced()
+                    .saturating_sub(meter.overflowed())
+                    .saturating_sub(meter.buffered() as u64)
             })
         })
         .sum();

@@ -103,15 +103,22 @@ impl HeadEndCore {
         self.directory.insert(meter, info);
     }
 
-    /// Restore what a previous run of this head-end stored: every sequenced alarm's (meter,
-    /// seq) is marked handled (a redelivery is then a duplicate, raising nothing), overflow
-    /// counters and encoding mismatches are restored, and meter names are learnt.
-    pub fn restore(&mut self, records: &[AlarmRecord]) {
+    /// Restore what a previous run of this head-end stored, restarting at `now_ms`: every
+    /// sequenced alarm's (meter, seq) is marked handled (a redelivery is then a duplicate,
+    /// raising nothing), overflow counters and encoding mismatches are restored, meter names
+    /// are learnt, and each stored meter resumes at the restart: its stale clock starts no
+    /// earlier than `now_ms`, and a STALE or UNREACHABLE episode that was its last stored alarm
+    /// stays open (not raised again until the meter is heard from).
+    pub fn restore(&mut self, records: &[AlarmRecord], now_ms: u64) {
+        // Per meter: is its last episode alarm still open (STALE or UNREACHABLE, with no
+        // sequenced message stored after it)?
+        let mut open: HashMap<u32, (bool, bool)> = HashMap::new();
         for r in records {
             if let Some((meter, seq)) = r.key() {
                 let source = r.source_ms.map_or(f64::NEG_INFINITY, secs);
                 self.inner.restore_seen(meter, seq, source);
             }
+            let episode = open.entry(r.meter).or_default();
             match r.kind {
                 Kind::BufferOverflow => {
                     if let Some(o) = r.overflow {
@@ -122,7 +129,13 @@ impl HeadEndCore {
                     self.inner.encoding_mismatch(r.meter, secs(r.receive_ms));
                     self.inner.drain_alarms().for_each(drop);
                 }
-                _ => {}
+                Kind::Stale => episode.0 = true,
+                Kind::Unreachable => episode.1 = true,
+                Kind::Trip | Kind::Clear => {}
+            }
+            if r.seq.is_some() {
+                // A message stored after the episode alarm: the meter was heard from again.
+                *episode = (false, false);
             }
             if !r.name.is_empty() {
                 self.directory.entry(r.meter).or_insert_with(|| MeterInfo {
@@ -131,6 +144,9 @@ impl HeadEndCore {
                     group: r.group.clone(),
                 });
             }
+        }
+        for (meter, (stale, unreachable)) in open {
+            self.inner.resume(meter, secs(now_ms), stale, unreachable);
         }
     }
 
@@ -356,5 +372,65 @@ impl HeadEndCore {
             self.stats.alarms += 1;
             out.push(rec);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn record(kind: Kind, meter: u32, seq: Option<u64>, source_ms: Option<u64>) -> AlarmRecord {
+        AlarmRecord {
+            kind,
+            code: (kind == Kind::Trip).then(|| "UV_TRIP_0x01".to_owned()),
+            meter,
+            name: format!("m-{meter}"),
+            substation: "s".into(),
+            group: "g".into(),
+            seq,
+            phase: None,
+            value: None,
+            limit: None,
+            dropped: None,
+            overflow: None,
+            source_ms,
+            receive_ms: source_ms.unwrap_or(0) + 5,
+            latency_ms: None,
+            detail: None,
+            instance: "he".into(),
+        }
+    }
+
+    /// A restart long after the stored alarms: no meter is stale at once, an open STALE episode
+    /// is not raised again, and a meter silent for the stale time after the restart is.
+    #[test]
+    fn restore_resumes_stale_clocks_at_the_restart() {
+        let spec = HeadEndSpec { stale_after: 180.0 };
+        let stored = [
+            // Meter 1 tripped an hour before the restart; meter 2 went stale then.
+            record(Kind::Trip, 1, Some(7), Some(1_000_000)),
+            record(Kind::Stale, 2, None, Some(900_000)),
+        ];
+        let restart = 1_000_000 + 3_600_000;
+        let mut core = HeadEndCore::new(spec, "he");
+        core.restore(&stored, restart);
+        let mut out = Vec::new();
+        core.check_stale(restart + 1_000, &mut out);
+        assert!(out.is_empty(), "stale at once after a restart: {out:?}");
+        core.check_stale(restart + 181_000, &mut out);
+        let stale: Vec<u32> = out.iter().map(|a| a.meter).collect();
+        assert_eq!(
+            stale,
+            vec![1],
+            "meter 1 silent 181 s after the restart; meter 2's episode stays open"
+        );
+        // The redelivered trip raises nothing.
+        let trip = br#"{"meter":1,"name":"m-1","seq":7,"kind":"event","t":1,"ts_ms":1000000,"code":"UV_TRIP_0x01","phase":"L1","value":180,"limit":210}"#;
+        out.clear();
+        let new = core
+            .on_mqtt("gridloop/s/g/m-1/event", trip, restart + 182_000, &mut out)
+            .unwrap();
+        assert!(!new && out.is_empty(), "{out:?}");
     }
 }

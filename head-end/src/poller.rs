@@ -370,7 +370,11 @@ impl Link {
                     self.fails = 0;
                     let interval = m.t.interval.max(Duration::from_millis(1));
                     let now = Instant::now();
-                    m.due = (m.due + interval).max(now);
+                    m.due = m
+                        .due
+                        .checked_add(interval)
+                        .unwrap_or(now + Duration::from_secs(86_400 * 365))
+                        .max(now);
                     let meter = m.t.meter;
                     let back = m.reachable != Some(true);
                     m.reachable = Some(true);

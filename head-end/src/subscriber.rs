@@ -92,6 +92,8 @@ pub enum HeadEndError {
     Store(#[from] StoreError),
     #[error("MQTT client request queue closed: {0}")]
     Client(String),
+    #[error("the broker refused the subscription to {0} (SUBACK failure: ACL, or no shared subscriptions)")]
+    Refused(String),
 }
 
 /// What a head-end run did.
@@ -105,8 +107,23 @@ pub struct HeadEndReport {
     pub acked: u64,
     pub alarms_stored: u64,
     pub alarms_published: u64,
+    /// Alarms stored but not handed to the alarm connection (its queue full or closed).
+    pub alarms_unpublished: u64,
     /// Largest batch handled between two store syncs.
     pub max_batch: usize,
+}
+
+/// Largest incoming MQTT packet (Mosquitto's default `message_size_limit` is larger; rumqttd's
+/// embedded default here is 1 MiB).
+const MAX_INCOMING: usize = 16 * 1024 * 1024;
+
+/// Aborts its task when dropped, so a cancelled `run_head_end` leaves no event loop behind.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Unix ms now.
@@ -119,6 +136,7 @@ pub fn now_ms() -> u64 {
 enum FromBroker {
     Connected { session_present: bool },
     Subscribed,
+    SubscribeRefused,
     Publish(Publish),
     Error(String),
 }
@@ -155,12 +173,14 @@ pub async fn run_head_end(
     opts.set_clean_session(cfg.clean_session);
     opts.set_manual_acks(true);
     opts.set_inflight(u16::MAX);
-    opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    // Incoming: as large as brokers let through by default (a message over the limit would
+    // fail the connection, and a persistent session would redeliver it for ever).
+    opts.set_max_packet_size(MAX_INCOMING, 256 * 1024);
     let (client, mut eventloop) = AsyncClient::new(opts, 65_536);
     let (tx, mut rx) = mpsc::unbounded_channel();
     // The event loop runs on its own task and only forwards, so a slow batch (store sync)
     // never stalls keep-alives or acknowledgements.
-    let pump = tokio::spawn(async move {
+    let pump = AbortOnDrop(tokio::spawn(async move {
         let mut backoff = Duration::from_millis(50);
         loop {
             match eventloop.poll().await {
@@ -169,8 +189,17 @@ pub async fn run_head_end(
                         break;
                     }
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if tx.send(FromBroker::Subscribed).is_err() {
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                    let msg = if refused {
+                        FromBroker::SubscribeRefused
+                    } else {
+                        FromBroker::Subscribed
+                    };
+                    if tx.send(msg).is_err() {
                         break;
                     }
                 }
@@ -195,7 +224,7 @@ pub async fn run_head_end(
                 }
             }
         }
-    });
+    }));
 
     // Alarms go out on a connection of their own. On the subscription's socket the broker's
     // PUBACKs for them would share a TCP stream with the meter messages it forwards, and with
@@ -212,7 +241,7 @@ pub async fn run_head_end(
         o.set_inflight(1024);
         o.set_max_packet_size(256 * 1024, 256 * 1024);
         let (client, mut el) = AsyncClient::new(o, 65_536);
-        let pump = tokio::spawn(async move {
+        let pump = AbortOnDrop(tokio::spawn(async move {
             let mut backoff = Duration::from_millis(50);
             loop {
                 match el.poll().await {
@@ -225,7 +254,7 @@ pub async fn run_head_end(
                     }
                 }
             }
-        });
+        }));
         (client, pump)
     });
     let publisher = alarm_out.as_ref().map(|(c, _)| c.clone());
@@ -277,6 +306,9 @@ pub async fn run_head_end(
                                 fatal = Some(HeadEndError::Client(e.to_string()));
                             }
                         }
+                        FromBroker::SubscribeRefused => {
+                            fatal = Some(HeadEndError::Refused(filters.join(" ")));
+                        }
                         FromBroker::Subscribed => {
                             if let Some(tx) = outputs.subscribed.take() {
                                 let _ = tx.send(());
@@ -327,15 +359,13 @@ pub async fn run_head_end(
     }
     // Give the event loops a moment to send what is queued and DISCONNECT, bounded.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while !pump.is_finished() || alarm_out.as_ref().is_some_and(|(_, p)| !p.is_finished()) {
+        while !pump.0.is_finished() || alarm_out.as_ref().is_some_and(|(_, p)| !p.0.is_finished()) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
-    pump.abort();
-    if let Some((_, p)) = alarm_out {
-        p.abort();
-    }
+    drop(pump);
+    drop(alarm_out);
     report.ingest = core.stats();
     result.map(|()| (report, core))
 }
@@ -358,11 +388,15 @@ async fn flush(
             if let Some(publisher) = publisher {
                 match serde_json::to_vec(&a) {
                     Ok(bytes) => {
-                        publisher
-                            .publish(a.topic(), QoS::AtLeastOnce, false, bytes)
-                            .await
-                            .map_err(|e| HeadEndError::Client(e.to_string()))?;
-                        report.alarms_published += 1;
+                        // Never wait here: with the alarm connection down its queue fills, and
+                        // ingestion (and stop) must go on. The store has the alarm either way.
+                        match publisher.try_publish(a.topic(), QoS::AtLeastOnce, false, bytes) {
+                            Ok(()) => report.alarms_published += 1,
+                            Err(e) => {
+                                report.alarms_unpublished += 1;
+                                tracing::warn!("alarm not published (stored): {e}");
+                            }
+                        }
                     }
                     Err(e) => tracing::warn!("cannot encode an alarm: {e}"),
                 }

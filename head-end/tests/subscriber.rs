@@ -133,7 +133,7 @@ fn start(cfg: SubscriberConfig, store: Option<&std::path::Path>) -> Running {
     let mut core = HeadEndCore::new(HeadEndSpec::default(), &instance);
     let store = store.map(|p| {
         let (s, old) = AlarmStore::open(p).expect("store opens");
-        core.restore(&old);
+        core.restore(&old, head_end::subscriber::now_ms());
         s
     });
     let (tx, alarms) = mpsc::unbounded_channel();

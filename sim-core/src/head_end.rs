@@ -281,6 +281,19 @@ impl HeadEnd {
         true
     }
 
+    /// A restarted head-end resumes `meter` at `now`: its stale clock starts no earlier than the
+    /// restart (it has not been silent for the time the head-end was down, as far as anyone
+    /// knows), and a `Stale` or `Unreachable` episode the store says was open stays open, so it
+    /// is not raised again. `stale`/`unreachable`: the meter's last stored episode alarm.
+    pub fn resume(&mut self, meter: u32, now: Seconds, stale: bool, unreachable: bool) {
+        let st = state_of(&mut self.meters, meter);
+        st.stale = stale;
+        st.unreachable = unreachable;
+        if !stale && st.newest_source < now {
+            st.newest_source = now;
+        }
+    }
+
     /// The meter answered again: a later `unreachable` raises a new alarm.
     pub fn reachable(&mut self, meter: u32) {
         if let Some(st) = self.meters.get_mut(&meter) {
