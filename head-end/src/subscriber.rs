@@ -9,6 +9,12 @@
 //!   3.1.1 requires) only after the alarms it raised are synced to the store, so a crash between
 //!   receipt and sync makes the broker redeliver, and the restored store makes the redelivery a
 //!   duplicate that raises nothing.
+//! - a restart resumes every stored meter's stale clock at the restart and keeps an open
+//!   STALE/UNREACHABLE episode open ([`HeadEndCore::restore`]);
+//! - the MQTT alarm topic is a notification, the store is the record: an alarm is published
+//!   after the store sync without waiting for its PUBACK, so a crash between the two leaves it
+//!   stored but unpublished (the redelivered message is then a duplicate). Consumers that need
+//!   every alarm read the store.
 //! - partitioning: one instance per substation set (`gridloop/{substation}/…` filters), or
 //!   several instances sharing one subscription (`$share/{group}/…`) where the broker supports
 //!   MQTT shared subscriptions (Mosquitto 2 and rumqttd do).
