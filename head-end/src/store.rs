@@ -7,6 +7,11 @@
 //! dependency, and a file a person can `grep` or `jq`. A crash can tear only the last line;
 //! opening the store drops a torn last line (it was never acknowledged, so the broker
 //! redelivers its message) and refuses any other bad line with file:line.
+//!
+//! Beside it, `<file>.published` holds how many of its alarms the broker has acknowledged on
+//! the alarm topic (replaced by rename; a lag only means a re-publish). A restarted head-end
+//! publishes the rest again — at least once, never lost between the store and the topic. A
+//! store without that file (older than it) counts as all published.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
@@ -33,6 +38,19 @@ pub struct AlarmStore {
     file: File,
     written: u64,
     buf: Vec<u8>,
+    /// Alarms in the file (read back plus appended).
+    total: u64,
+    /// Of those, acknowledged on the alarm topic (the sidecar's count).
+    published: u64,
+    /// The alarms after `published` read back at open, to publish again.
+    unpublished: Vec<AlarmRecord>,
+}
+
+/// `<store>.published`.
+fn sidecar(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".published");
+    PathBuf::from(name)
 }
 
 impl AlarmStore {
@@ -107,15 +125,66 @@ impl AlarmStore {
             file.sync_data().map_err(io)?;
         }
         file.seek(SeekFrom::End(0)).map_err(io)?;
-        Ok((
-            AlarmStore {
-                path: path.to_owned(),
-                file,
-                written: 0,
-                buf: Vec::new(),
-            },
-            records,
-        ))
+        let side = sidecar(path);
+        let total = records.len() as u64;
+        let published = match std::fs::read_to_string(&side) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_err(|e| StoreError::Corrupt {
+                    path: side.clone(),
+                    line: 1,
+                    why: format!("not a count of published alarms: {e}"),
+                })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => total,
+            Err(why) => return Err(StoreError::Io { path: side, why }),
+        }
+        .min(total);
+        let mut store = AlarmStore {
+            path: path.to_owned(),
+            file,
+            written: 0,
+            buf: Vec::new(),
+            total,
+            published,
+            unpublished: records[published as usize..].to_vec(),
+        };
+        // A new store gets its sidecar at once: from now on its absence means "older store".
+        store.write_published(published)?;
+        Ok((store, records))
+    }
+
+    /// How many alarms the broker has acknowledged on the alarm topic.
+    pub fn published(&self) -> u64 {
+        self.published
+    }
+
+    /// The alarms read back at open that were never acknowledged on the alarm topic (a crash
+    /// between the store sync and the publish), oldest first; taken once.
+    pub fn take_unpublished(&mut self) -> Vec<AlarmRecord> {
+        std::mem::take(&mut self.unpublished)
+    }
+
+    /// The first `n` alarms of the store are acknowledged on the alarm topic (clamped to what
+    /// the store holds; never goes back).
+    pub fn mark_published(&mut self, n: u64) -> Result<(), StoreError> {
+        let n = n.min(self.total);
+        if n > self.published {
+            self.write_published(n)?;
+        }
+        Ok(())
+    }
+
+    fn write_published(&mut self, n: u64) -> Result<(), StoreError> {
+        let side = sidecar(&self.path);
+        let mut tmp = side.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        std::fs::write(&tmp, format!("{n}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &side))
+            .map_err(|why| StoreError::Io { path: side, why })?;
+        self.published = n;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -139,6 +208,7 @@ impl AlarmStore {
         self.file.write_all(&self.buf).map_err(io)?;
         self.file.sync_data().map_err(io)?;
         self.written += records.len() as u64;
+        self.total += records.len() as u64;
         Ok(())
     }
 
@@ -195,6 +265,34 @@ mod tests {
         let (_, back) = AlarmStore::open(&path).unwrap();
         assert_eq!(back.len(), 3);
         assert_eq!(back[2], rec(5, 6));
+    }
+
+    #[test]
+    fn unpublished_alarms_come_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alarms.jsonl");
+        let (mut s, _) = AlarmStore::open(&path).unwrap();
+        assert_eq!(s.published(), 0);
+        s.append(&[rec(1, 1), rec(2, 2), rec(3, 3)]).unwrap();
+        s.mark_published(1).unwrap();
+        drop(s); // a crash: alarms 2 and 3 stored, never acknowledged on the topic
+        let (mut s, all) = AlarmStore::open(&path).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(s.published(), 1);
+        assert_eq!(s.take_unpublished(), vec![rec(2, 2), rec(3, 3)]);
+        assert!(s.take_unpublished().is_empty());
+        s.mark_published(99).unwrap();
+        assert_eq!(s.published(), 3, "clamped to the store");
+        s.mark_published(2).unwrap();
+        assert_eq!(s.published(), 3, "never goes back");
+        // An older store without the count: everything counts as published.
+        std::fs::remove_file(dir.path().join("alarms.jsonl.published")).unwrap();
+        let (mut s, _) = AlarmStore::open(&path).unwrap();
+        assert!(s.take_unpublished().is_empty());
+        // A garbled count names the file.
+        std::fs::write(dir.path().join("alarms.jsonl.published"), "x").unwrap();
+        let e = AlarmStore::open(&path).unwrap_err().to_string();
+        assert!(e.contains("alarms.jsonl.published:1"), "{e}");
     }
 
     #[test]

@@ -11,10 +11,9 @@
 //!   duplicate that raises nothing.
 //! - a restart resumes every stored meter's stale clock at the restart and keeps an open
 //!   STALE/UNREACHABLE episode open ([`HeadEndCore::restore`]);
-//! - the MQTT alarm topic is a notification, the store is the record: an alarm is published
-//!   after the store sync without waiting for its PUBACK, so a crash between the two leaves it
-//!   stored but unpublished (the redelivered message is then a duplicate). Consumers that need
-//!   every alarm read the store.
+//! - alarms reach the topic at least once: each is published after the store sync, and the
+//!   store's published count (`<store>.published`) advances as the broker acknowledges them; a
+//!   restarted head-end publishes again whatever the count does not cover.
 //! - partitioning: one instance per substation set (`gridloop/{substation}/…` filters), or
 //!   several instances sharing one subscription (`$share/{group}/…`) where the broker supports
 //!   MQTT shared subscriptions (Mosquitto 2 and rumqttd do).
@@ -132,6 +131,103 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The alarm topic's own connection, and how far the broker has acknowledged what it was
+/// handed (QoS-1 PUBACKs from one broker come in publish order), recorded in the store's
+/// published count.
+struct AlarmOut {
+    client: AsyncClient,
+    _pump: AbortOnDrop,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The store's published count when this run started.
+    base: u64,
+    /// Alarms handed to the connection.
+    handed: u64,
+    /// A publish could not be handed over: the count stops advancing, so a restart publishes
+    /// everything from there again (at least once, never lost).
+    frozen: bool,
+}
+
+impl AlarmOut {
+    fn start(cfg: &SubscriberConfig, store: Option<&AlarmStore>) -> AlarmOut {
+        let mut o = MqttOptions::new(
+            format!("{}-alarms", cfg.client_id),
+            cfg.broker.ip().to_string(),
+            cfg.broker.port(),
+        );
+        o.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
+        o.set_inflight(1024);
+        o.set_max_packet_size(256 * 1024, 256 * 1024);
+        let (client, mut el) = AsyncClient::new(o, 65_536);
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = acked.clone();
+        let pump = AbortOnDrop(tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => backoff = Duration::from_millis(50),
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!("head-end alarm publisher: {e}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }));
+        AlarmOut {
+            client,
+            _pump: pump,
+            acked,
+            base: store.map_or(0, AlarmStore::published),
+            handed: 0,
+            frozen: false,
+        }
+    }
+
+    fn acked(&self) -> u64 {
+        self.acked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Hand `a` over without waiting: with the alarm connection down its queue fills, and
+    /// ingestion (and stop) must go on. The store has the alarm either way.
+    fn publish(&mut self, a: &AlarmRecord, report: &mut HeadEndReport) {
+        let sent = serde_json::to_vec(a)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                self.client
+                    .try_publish(a.topic(), QoS::AtLeastOnce, false, bytes)
+                    .map_err(|e| e.to_string())
+            });
+        match sent {
+            Ok(()) => {
+                self.handed += 1;
+                report.alarms_published += 1;
+            }
+            Err(e) => {
+                self.frozen = true;
+                report.alarms_unpublished += 1;
+                tracing::warn!(
+                    "alarm not published now (stored; published again after a restart): {e}"
+                );
+            }
+        }
+    }
+
+    /// Record in the store how many of its alarms the broker has acknowledged on the topic.
+    fn mark(&self, store: &mut AlarmStore) {
+        if self.frozen {
+            return;
+        }
+        let done = self.base + self.acked().min(self.handed);
+        if let Err(e) = store.mark_published(done) {
+            tracing::warn!("alarm store: cannot record the published count: {e}");
+        }
+    }
+}
+
 /// Unix ms now.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -237,35 +333,17 @@ pub async fn run_head_end(
     // Nagle on the broker's side (rumqttd and Mosquitto's default leave TCP_NODELAY off) plus
     // this side's delayed ACK, a forwarded message waited ~40 ms behind a PUBACK (measured:
     // second and third phase trips 43–53 ms instead of 4–10 ms).
-    let alarm_out = cfg.publish_alarms.then(|| {
-        let mut o = MqttOptions::new(
-            format!("{}-alarms", cfg.client_id),
-            cfg.broker.ip().to_string(),
-            cfg.broker.port(),
-        );
-        o.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
-        o.set_inflight(1024);
-        o.set_max_packet_size(256 * 1024, 256 * 1024);
-        let (client, mut el) = AsyncClient::new(o, 65_536);
-        let pump = AbortOnDrop(tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => backoff = Duration::from_millis(50),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!("head-end alarm publisher: {e}");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                    }
-                }
-            }
-        }));
-        (client, pump)
-    });
-    let publisher = alarm_out.as_ref().map(|(c, _)| c.clone());
-
     let mut report = HeadEndReport::default();
+    let mut alarm_out = cfg
+        .publish_alarms
+        .then(|| AlarmOut::start(&cfg, store.as_ref()));
+    // Alarms stored by an earlier run but never acknowledged on the topic go out first.
+    if let (Some(out), Some(store)) = (alarm_out.as_mut(), store.as_mut()) {
+        for a in store.take_unpublished() {
+            out.publish(&a, &mut report);
+        }
+    }
+
     let mut stale = tokio::time::interval(cfg.stale_check.max(Duration::from_millis(10)));
     stale.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut alarms: Vec<AlarmRecord> = Vec::new();
@@ -336,7 +414,7 @@ pub async fn run_head_end(
                 if let Some(e) = fatal.take() {
                     break Err(e);
                 }
-                if let Err(e) = flush(&client, publisher.as_ref(), &mut store, &mut outputs, &mut alarms, &mut to_ack, &mut report).await {
+                if let Err(e) = flush(&client, alarm_out.as_mut(), &mut store, &mut outputs, &mut alarms, &mut to_ack, &mut report).await {
                     break Err(e);
                 }
             }
@@ -344,7 +422,7 @@ pub async fn run_head_end(
                 match ev {
                     Some(ev) => {
                         core.on_poll(ev, now_ms(), &mut alarms);
-                        if let Err(e) = flush(&client, publisher.as_ref(), &mut store, &mut outputs, &mut alarms, &mut to_ack, &mut report).await {
+                        if let Err(e) = flush(&client, alarm_out.as_mut(), &mut store, &mut outputs, &mut alarms, &mut to_ack, &mut report).await {
                             break Err(e);
                         }
                     }
@@ -353,20 +431,32 @@ pub async fn run_head_end(
             }
             _ = stale.tick() => {
                 core.check_stale(now_ms(), &mut alarms);
-                if let Err(e) = flush(&client, publisher.as_ref(), &mut store, &mut outputs, &mut alarms, &mut to_ack, &mut report).await {
+                if let Err(e) = flush(&client, alarm_out.as_mut(), &mut store, &mut outputs, &mut alarms, &mut to_ack, &mut report).await {
                     break Err(e);
                 }
             }
         }
     };
-    let _ = client.disconnect().await;
-    if let Some((c, _)) = &alarm_out {
-        let _ = c.disconnect().await;
+    // Let the alarm connection deliver what was handed to it (bounded), and record how far
+    // the broker acknowledged it.
+    if let Some(out) = alarm_out.as_mut() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while out.acked() < out.handed && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Some(store) = store.as_mut() {
+            out.mark(store);
+        }
     }
-    // Give the event loops a moment to send what is queued and DISCONNECT, bounded.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while !pump.0.is_finished() || alarm_out.as_ref().is_some_and(|(_, p)| !p.0.is_finished()) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let _ = client.disconnect().await;
+    if let Some(out) = &alarm_out {
+        let _ = out.client.disconnect().await;
+    }
+    // The pump ends at its next event once nobody listens; give DISCONNECT a moment to leave.
+    drop(rx);
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        while !pump.0.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await;
@@ -378,7 +468,7 @@ pub async fn run_head_end(
 
 async fn flush(
     client: &AsyncClient,
-    publisher: Option<&AsyncClient>,
+    mut out: Option<&mut AlarmOut>,
     store: &mut Option<AlarmStore>,
     outputs: &mut Outputs,
     alarms: &mut Vec<AlarmRecord>,
@@ -391,26 +481,16 @@ async fn flush(
             report.alarms_stored += alarms.len() as u64;
         }
         for a in alarms.drain(..) {
-            if let Some(publisher) = publisher {
-                match serde_json::to_vec(&a) {
-                    Ok(bytes) => {
-                        // Never wait here: with the alarm connection down its queue fills, and
-                        // ingestion (and stop) must go on. The store has the alarm either way.
-                        match publisher.try_publish(a.topic(), QoS::AtLeastOnce, false, bytes) {
-                            Ok(()) => report.alarms_published += 1,
-                            Err(e) => {
-                                report.alarms_unpublished += 1;
-                                tracing::warn!("alarm not published (stored): {e}");
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!("cannot encode an alarm: {e}"),
-                }
+            if let Some(out) = out.as_deref_mut() {
+                out.publish(&a, report);
             }
             if let Some(tx) = &outputs.alarms {
                 let _ = tx.send(a);
             }
         }
+    }
+    if let (Some(out), Some(store)) = (out, store.as_mut()) {
+        out.mark(store);
     }
     for p in to_ack.drain(..) {
         client

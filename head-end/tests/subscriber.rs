@@ -345,3 +345,97 @@ async fn instances_split_by_substation_and_by_shared_subscription() {
         h.task.await.expect("joins").expect("runs");
     }
 }
+
+/// Alarms a crashed run stored but never got acknowledged on the alarm topic are published by
+/// the next run (a third party subscribed to `gridloop-alarms/#` receives them), and the
+/// store's published count then covers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_but_unpublished_alarms_are_published_after_a_restart() {
+    let Some(broker) = mosquitto() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("alarms.jsonl");
+    // The crashed run: two alarms synced to the store, the published count still 0.
+    let trip = |meter: u32, seq: u64| AlarmRecord {
+        kind: Kind::Trip,
+        code: Some("UV_TRIP_0x01".into()),
+        meter,
+        name: format!("feeder-{meter:04}"),
+        substation: "sub-07".into(),
+        group: "feeder".into(),
+        seq: Some(seq),
+        phase: Some("L1".into()),
+        value: Some(180.0),
+        limit: Some(210.0),
+        dropped: None,
+        overflow: None,
+        source_ms: Some(1_000),
+        receive_ms: 1_010,
+        latency_ms: Some(10),
+        detail: None,
+        instance: "he-republish".into(),
+    };
+    let (mut store, _) = AlarmStore::open(&path).expect("store opens");
+    store.append(&[trip(1, 4), trip(2, 9)]).expect("appends");
+    assert_eq!(store.published(), 0);
+    drop(store);
+
+    // An independent subscriber on the alarm topic.
+    let mut o = MqttOptions::new(
+        "alarm-watcher",
+        broker.addr().ip().to_string(),
+        broker.addr().port(),
+    );
+    o.set_keep_alive(Duration::from_secs(5));
+    let (watcher, mut el) = AsyncClient::new(o, 64);
+    watcher
+        .subscribe("gridloop-alarms/#", QoS::AtLeastOnce)
+        .await
+        .expect("queued");
+    let (got_tx, mut got) = mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let pump = tokio::spawn(async move {
+        let mut subscribed_tx = Some(subscribed_tx);
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = got_tx.send(serde_json::from_slice::<AlarmRecord>(&p.payload));
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    });
+    tokio::time::timeout(SLOW, subscribed)
+        .await
+        .expect("the watcher subscribes")
+        .expect("pump alive");
+
+    let h = start(
+        SubscriberConfig::new(broker.addr(), "he-republish"),
+        Some(&path),
+    );
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + SLOW;
+    while received.len() < 2 {
+        match tokio::time::timeout_at(deadline, got.recv()).await {
+            Ok(Some(a)) => received.push(a.expect("an alarm record on the topic")),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let _ = h.stop.send(true);
+    h.task.await.expect("joins").expect("runs");
+    pump.abort();
+    assert_eq!(
+        received,
+        vec![trip(1, 4), trip(2, 9)],
+        "republished in store order"
+    );
+    let (store, all) = AlarmStore::open(&path).expect("reopens");
+    assert_eq!(all.len(), 2, "republishing adds nothing to the store");
+    assert_eq!(store.published(), 2, "the published count covers them now");
+}
