@@ -263,6 +263,10 @@ struct Link {
     meters: Vec<Meter>,
     ctx: Option<Context>,
     opened: u64,
+    /// Why the last connection was dropped: `true` when the peer itself may have changed (the
+    /// link broke), so every meter behind it is verified again; `false` when one unit behind
+    /// a shared gateway connection timed out, so only that unit is.
+    reverify_all: bool,
     fails: u32,
     rng: u64,
     cfg: Arc<PollerConfig>,
@@ -318,6 +322,7 @@ impl Link {
             meters,
             ctx: None,
             opened: 0,
+            reverify_all: true,
             fails: 0,
             rng,
             cfg,
@@ -393,9 +398,17 @@ impl Link {
                         self.report.timeouts += 1;
                     }
                     // A late answer would be taken for the next request's: start afresh. A
-                    // gateway's own answer leaves the connection sound.
+                    // gateway's own answer leaves the connection sound. One silent unit behind
+                    // a shared connection says nothing about the others: only it is verified
+                    // again on the next connection.
                     if !matches!(f, Failure::Gateway(_)) {
                         self.ctx = None;
+                        let shared = self.meters.len() > 1;
+                        if matches!(f, Failure::Timeout) && shared {
+                            self.meters[i].verified = false;
+                        } else {
+                            self.reverify_all = true;
+                        }
                     }
                     last = Some(f);
                 }
@@ -468,9 +481,12 @@ impl Link {
             }
             self.opened += 1;
             self.ctx = Some(tcp::attach(stream));
-            // A new connection may be a different device (or firmware) at the same address.
-            for m in &mut self.meters {
-                m.verified = false;
+            // A new connection after a broken link may be a different device (or firmware) at
+            // the same address: verify every meter behind it again.
+            if std::mem::replace(&mut self.reverify_all, false) {
+                for m in &mut self.meters {
+                    m.verified = false;
+                }
             }
         }
         let mut events = Vec::new();

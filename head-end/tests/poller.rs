@@ -702,3 +702,98 @@ async fn many_single_meter_ports_are_polled_without_a_thread_each() {
     tracing::info!(?took, ?during, "{n} ports: first reading of every meter");
     std::hint::black_box(took);
 }
+
+/// A gateway whose unit `silent` never answers (the others do, through the virtual meters'
+/// service): a Modbus timeout for that unit only.
+#[derive(Clone)]
+struct SilentUnit {
+    inner: virtual_meter::MeterService,
+    silent: u8,
+}
+
+impl tokio_modbus::server::Service for SilentUnit {
+    type Request = tokio_modbus::SlaveRequest<'static>;
+    type Response = Option<tokio_modbus::Response>;
+    type Exception = tokio_modbus::ExceptionCode;
+    type Future = std::future::Ready<Result<Self::Response, Self::Exception>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        if req.slave == self.silent {
+            return std::future::ready(Ok(None));
+        }
+        let answer = futures_ready(self.inner.call(req));
+        std::future::ready(answer.map(Some))
+    }
+}
+
+/// The virtual meters' service answers at once (a `Ready` future).
+fn futures_ready<T>(f: std::future::Ready<T>) -> T {
+    f.into_inner()
+}
+
+/// One silent unit behind a shared gateway connection drops the connection (a late answer
+/// would be taken for the next request's), but the other units were verified on it and are
+/// not put through the handshake again on the new one: handshakes stay at one per answering
+/// unit however many times the silent one times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_silent_unit_does_not_make_its_gateway_neighbours_verify_again() {
+    use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
+    let n = 3_u32;
+    let ms = meters(n, F_ABCD);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let service = SilentUnit {
+        inner: virtual_meter::MeterService::new(Arc::new(Units::Gateway(ms.clone()))),
+        silent: 4,
+    };
+    let new_service = move |_addr: SocketAddr| Ok(Some(service.clone()));
+    let on_connected = move |stream, addr| {
+        let new_service = new_service.clone();
+        async move { accept_tcp_connection(stream, addr, new_service) }
+    };
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = Server::new(listener)
+            .serve_until(
+                &on_connected,
+                |_e: std::io::Error| {},
+                Box::pin(async move {
+                    let _ = stop_rx.await;
+                }),
+            )
+            .await;
+    });
+    let mut targets: Vec<PollTarget> = (0..n)
+        .map(|i| {
+            let mut t = target(2000 + i, addr, Some(i as u8 + 1), F_ABCD);
+            t.interval = Duration::from_millis(100);
+            t
+        })
+        .collect();
+    let mut silent = target(2999, addr, Some(4), F_ABCD);
+    silent.interval = Duration::from_millis(100);
+    targets.push(silent);
+    let mut poller = Running::start(targets, fast());
+    // Enough time for the silent unit to time out (with retries) several times.
+    poller
+        .until(Duration::from_secs(20), |ev| {
+            count(ev, |e| matches!(e, PollEvent::Reading { meter: 2000, .. })) >= 8
+                && count(ev, |e| {
+                    matches!(e, PollEvent::Unreachable { meter: 2999, .. })
+                }) == 1
+        })
+        .await;
+    let (_, r) = poller.stop().await;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    assert!(
+        r.reconnects >= 2,
+        "the silent unit's timeouts dropped the connection: {r:?}"
+    );
+    // Each answering unit verified once; the silent one attempts a handshake per try.
+    let answering_handshakes = r.handshakes - (r.timeouts.min(r.handshakes));
+    assert!(
+        answering_handshakes <= u64::from(n) + 1,
+        "the neighbours were verified again after reconnects: {r:?}"
+    );
+}
