@@ -1,0 +1,1 @@
+//! Integration tests of the HIL bridge against its emulators and third-party peers.
