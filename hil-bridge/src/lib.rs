@@ -3,3 +3,6 @@
 //!
 //! Modules arrive as they hold real code: the SCPI layer and AC-source drivers with their
 //! emulator, and the Modbus RTU reader.
+
+pub mod reader;
+pub mod rtu;
