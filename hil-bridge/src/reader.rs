@@ -475,6 +475,11 @@ impl<C: RegisterRead> MeterReader<C> {
         Self { client, map }
     }
 
+    /// Give the client back.
+    pub fn into_client(self) -> C {
+        self.client
+    }
+
     /// The underlying client.
     pub fn client_mut(&mut self) -> &mut C {
         &mut self.client

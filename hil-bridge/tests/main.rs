@@ -1,1 +1,4 @@
 //! Integration tests of the HIL bridge against its emulators and third-party peers.
+
+mod pymodbus_peer;
+mod rtu_faults;
