@@ -527,6 +527,9 @@ mod tests {
         fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300),
                                  count in 1u16..=125) {
             let _ = decode_response(1, &read(0x24, count), &bytes, "p");
+            let _ = decode_response(1, &Request::WriteSingle { address: 1, value: 2 }, &bytes, "p");
+            let m = Request::write_multiple(0, vec![0; usize::from(count.min(123))]).unwrap();
+            let _ = decode_response(1, &m, &bytes, "p");
         }
     }
 

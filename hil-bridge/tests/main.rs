@@ -2,3 +2,4 @@
 
 mod pymodbus_peer;
 mod rtu_faults;
+mod tcp_faults;

@@ -352,3 +352,26 @@ async fn meter_reader_keeps_each_register_result_apart() {
     drop(meter);
     dev.await.expect("device");
 }
+
+#[tokio::test(start_paused = true)]
+async fn write_single_register_echo() {
+    let (a, b) = tokio::io::duplex(1024);
+    // FC06's normal answer echoes the request.
+    let (_log, dev) = spawn_device(b, |_, req| Reply::Frame(req.to_vec()), vec![]);
+    let mut client = RtuClient::new(a, "fake", config(0));
+    let answer = client
+        .call(&Request::WriteSingle {
+            address: 0x0101,
+            value: 0x00FF,
+        })
+        .await;
+    assert_eq!(
+        answer,
+        Ok(Answer::Value(Response::WroteSingle {
+            address: 0x0101,
+            value: 0x00FF
+        }))
+    );
+    drop(client);
+    dev.await.expect("device");
+}
