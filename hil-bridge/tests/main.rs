@@ -1,0 +1,5 @@
+//! Integration tests of the HIL bridge against its emulators and third-party peers.
+
+mod pymodbus_peer;
+mod rtu_faults;
+mod tcp_faults;
