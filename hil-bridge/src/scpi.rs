@@ -245,7 +245,8 @@ impl<T: ScpiTransport> ScpiLink<T> {
         let mut errors = Vec::new();
         for _ in 0..MAX_QUEUED_ERRORS {
             let reply = self.query("SYST:ERR?").await?;
-            let e = ScpiError::parse(&reply).ok_or_else(|| self.fail("SYST:ERR?", malformed(&reply)))?;
+            let e = ScpiError::parse(&reply)
+                .ok_or_else(|| self.fail("SYST:ERR?", malformed(&reply)))?;
             if e.code == 0 {
                 return Ok(errors);
             }
@@ -260,7 +261,10 @@ impl<T: ScpiTransport> ScpiLink<T> {
     }
 
     /// Drains the error queue and turns a non-empty one into an [`InstrumentError`].
-    pub async fn check_errors(&mut self, context: &str) -> Result<Result<(), InstrumentError>, LinkFailed> {
+    pub async fn check_errors(
+        &mut self,
+        context: &str,
+    ) -> Result<Result<(), InstrumentError>, LinkFailed> {
         let errors = self.drain_errors().await?;
         if errors.is_empty() {
             Ok(Ok(()))
@@ -331,13 +335,21 @@ mod tests {
     fn parses_idn_and_errors() {
         let id = Identity::parse("Chroma ATE,61511,123456,1.02\n").unwrap();
         assert_eq!(
-            (id.manufacturer.as_str(), id.model.as_str(), id.serial.as_str(), id.firmware.as_str()),
+            (
+                id.manufacturer.as_str(),
+                id.model.as_str(),
+                id.serial.as_str(),
+                id.firmware.as_str()
+            ),
             ("Chroma ATE", "61511", "123456", "1.02")
         );
         assert_eq!(Identity::parse("  "), None);
         assert_eq!(
             ScpiError::parse("-113,\"Undefined header\""),
-            Some(ScpiError { code: -113, message: "Undefined header".into() })
+            Some(ScpiError {
+                code: -113,
+                message: "Undefined header".into()
+            })
         );
         assert_eq!(ScpiError::parse("+0,\"No error\"").unwrap().code, 0);
         assert_eq!(ScpiError::parse("garbage"), None);
@@ -349,7 +361,11 @@ mod tests {
         let mut link = ScpiLink::new(client, "pipe:1", Duration::from_millis(200));
         let peer = tokio::spawn(async move {
             let mut s = BufStream::new(server);
-            let replies = ["-222,\"Data out of range\"", "-113,\"Undefined header\"", "0,\"No error\""];
+            let replies = [
+                "-222,\"Data out of range\"",
+                "-113,\"Undefined header\"",
+                "0,\"No error\"",
+            ];
             for r in replies {
                 let q = read_line(&mut s).await.unwrap();
                 assert_eq!(q, "SYST:ERR?");
@@ -361,9 +377,15 @@ mod tests {
             s
         });
         let errs = link.drain_errors().await.unwrap();
-        assert_eq!(errs.iter().map(|e| e.code).collect::<Vec<_>>(), vec![-222, -113]);
+        assert_eq!(
+            errs.iter().map(|e| e.code).collect::<Vec<_>>(),
+            vec![-222, -113]
+        );
         let err = link.query("*IDN?").await.unwrap_err();
-        assert_eq!(err.failure, LinkFailure::Timeout(Duration::from_millis(200)));
+        assert_eq!(
+            err.failure,
+            LinkFailure::Timeout(Duration::from_millis(200))
+        );
         assert!(err.to_string().contains("pipe:1"), "{err}");
         drop(peer.await.unwrap());
         let err = link.query("*IDN?").await.unwrap_err();

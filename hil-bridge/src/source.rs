@@ -221,14 +221,21 @@ pub fn envelope_program(
             reason: reason.to_string(),
         };
         match &d.kind {
-            DisturbanceKind::Sag(v) | DisturbanceKind::Swell(v) | DisturbanceKind::Interruption(v) => {
+            DisturbanceKind::Sag(v)
+            | DisturbanceKind::Swell(v)
+            | DisturbanceKind::Interruption(v) => {
                 if v.phase_jump_deg != 0.0 {
                     return Err(unsupported("phase jumps are not programmed by list mode"));
                 }
                 if !d.phases.contains_index(channel) {
                     continue;
                 }
-                edges.extend([d.at, d.at + v.ramp, d.at + v.duration, d.at + v.duration + v.ramp]);
+                edges.extend([
+                    d.at,
+                    d.at + v.ramp,
+                    d.at + v.duration,
+                    d.at + v.duration + v.ramp,
+                ]);
             }
             DisturbanceKind::Frequency {
                 ramp,
@@ -370,13 +377,12 @@ fn chroma(p: &Program, limits: &SafetyLimits) -> Rendered {
         "SYST:REM".to_string(),
         format!("SOUR:VOLT:LIM:AC {}", nrf(limits.max_volts)),
     ];
-    let start;
-    match p {
+    let start = match p {
         Program::Fixed { volts, freq } => {
             l.push("OUTP:MODE FIXED".into());
             l.push(format!("SOUR:FREQ {}", nrf(*freq)));
             l.push(format!("SOUR:VOLT:AC {}", nrf(*volts)));
-            start = vec!["OUTP ON".to_string()];
+            vec!["OUTP ON".to_string()]
         }
         Program::List {
             points,
@@ -388,12 +394,27 @@ fn chroma(p: &Program, limits: &SafetyLimits) -> Rendered {
             l.push(format!("SOUR:VOLT:AC {}", nrf(p0.volts_start)));
             l.push("OUTP:MODE LIST".into());
             let cycles = points.iter().all(|p| matches!(p.dwell, Dwell::Cycles(_)));
-            l.push(format!("LIST:BASE {}", if cycles { "CYCLE" } else { "TIME" }));
+            l.push(format!(
+                "LIST:BASE {}",
+                if cycles { "CYCLE" } else { "TIME" }
+            ));
             l.push(format!("LIST:POIN {}", points.len()));
-            l.push(format!("LIST:VOLT:AC:STAR {}", join(points.iter().map(|p| p.volts_start))));
-            l.push(format!("LIST:VOLT:AC:END {}", join(points.iter().map(|p| p.volts_end))));
-            l.push(format!("LIST:FREQ:STAR {}", join(points.iter().map(|p| p.freq))));
-            l.push(format!("LIST:FREQ:END {}", join(points.iter().map(|p| p.freq))));
+            l.push(format!(
+                "LIST:VOLT:AC:STAR {}",
+                join(points.iter().map(|p| p.volts_start))
+            ));
+            l.push(format!(
+                "LIST:VOLT:AC:END {}",
+                join(points.iter().map(|p| p.volts_end))
+            ));
+            l.push(format!(
+                "LIST:FREQ:STAR {}",
+                join(points.iter().map(|p| p.freq))
+            ));
+            l.push(format!(
+                "LIST:FREQ:END {}",
+                join(points.iter().map(|p| p.freq))
+            ));
             let dwells = points.iter().map(|p| match p.dwell {
                 Dwell::Cycles(n) if cycles => f64::from(n),
                 d => d.seconds(p.freq),
@@ -403,7 +424,7 @@ fn chroma(p: &Program, limits: &SafetyLimits) -> Rendered {
             if let Some(deg) = phase_deg {
                 l.push(format!("LIST:SPH {}", nrf(*deg)));
             }
-            start = vec!["OUTP ON".to_string(), "TRIG ON".to_string()];
+            vec!["OUTP ON".to_string(), "TRIG ON".to_string()]
         }
         Program::Pulse {
             base_volts,
@@ -419,16 +440,19 @@ fn chroma(p: &Program, limits: &SafetyLimits) -> Rendered {
             l.push("OUTP:MODE PULSE".into());
             l.push(format!("PULS:VOLT:AC {}", nrf(*pulse_volts)));
             l.push(format!("PULS:FREQ {}", nrf(*freq)));
-            l.push(format!("PULS:PER {}", nrf(f64::from(*period_cycles) / freq)));
+            l.push(format!(
+                "PULS:PER {}",
+                nrf(f64::from(*period_cycles) / freq)
+            ));
             l.push(format!(
                 "PULS:DCYC {}",
                 nrf(100.0 * f64::from(*width_cycles) / f64::from(*period_cycles))
             ));
             l.push(format!("PULS:COUN {count}"));
             l.push(format!("PULS:SPH {}", nrf(*start_phase_deg)));
-            start = vec!["OUTP ON".to_string(), "TRIG ON".to_string()];
+            vec!["OUTP ON".to_string(), "TRIG ON".to_string()]
         }
-    }
+    };
     Rendered { program: l, start }
 }
 
@@ -439,14 +463,13 @@ fn ametek(p: &Program) -> Result<Rendered, ProgramError> {
         l.push("TRIG:SYNC:SOUR PHAS".to_string());
         l.push(format!("TRIG:SYNC:PHAS {}", nrf(deg)));
     };
-    let start;
-    match p {
+    let start = match p {
         Program::Fixed { volts, freq } => {
             l.push("VOLT:MODE FIX".into());
             l.push("FREQ:MODE FIX".into());
             l.push(format!("FREQ {}", nrf(*freq)));
             l.push(format!("VOLT {}", nrf(*volts)));
-            start = vec!["OUTP ON".to_string()];
+            vec!["OUTP ON".to_string()]
         }
         Program::List {
             points,
@@ -475,7 +498,10 @@ fn ametek(p: &Program) -> Result<Rendered, ProgramError> {
             l.push(format!("VOLT {}", nrf(p0.volts_start)));
             l.push("VOLT:MODE LIST".into());
             l.push("FREQ:MODE LIST".into());
-            l.push(format!("LIST:VOLT {}", join(points.iter().map(|p| p.volts_start))));
+            l.push(format!(
+                "LIST:VOLT {}",
+                join(points.iter().map(|p| p.volts_start))
+            ));
             l.push(format!("LIST:FREQ {}", join(points.iter().map(|p| p.freq))));
             l.push(format!(
                 "LIST:DWEL {}",
@@ -486,7 +512,7 @@ fn ametek(p: &Program) -> Result<Rendered, ProgramError> {
             if let Some(deg) = phase_deg {
                 sync(&mut l, *deg);
             }
-            start = vec!["OUTP ON".to_string(), "INIT".to_string()];
+            vec!["OUTP ON".to_string(), "INIT".to_string()]
         }
         Program::Pulse {
             base_volts,
@@ -503,13 +529,19 @@ fn ametek(p: &Program) -> Result<Rendered, ProgramError> {
             l.push("VOLT:MODE PULS".into());
             l.push(format!("VOLT:TRIG {}", nrf(*pulse_volts)));
             l.push("PULS:HOLD WIDT".into());
-            l.push(format!("PULS:WIDT {}", nrf(f64::from(*width_cycles) / freq)));
-            l.push(format!("PULS:PER {}", nrf(f64::from(*period_cycles) / freq)));
+            l.push(format!(
+                "PULS:WIDT {}",
+                nrf(f64::from(*width_cycles) / freq)
+            ));
+            l.push(format!(
+                "PULS:PER {}",
+                nrf(f64::from(*period_cycles) / freq)
+            ));
             l.push(format!("PULS:COUN {count}"));
             sync(&mut l, *start_phase_deg);
-            start = vec!["OUTP ON".to_string(), "INIT".to_string()];
+            vec!["OUTP ON".to_string(), "INIT".to_string()]
         }
-    }
+    };
     Ok(Rendered { program: l, start })
 }
 
@@ -651,7 +683,10 @@ impl<T: ScpiTransport + 'static> Drop for AcSource<T> {
         let lines = self.dialect.off_lines();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                tracing::warn!(addr = link.addr(), "AC source dropped without shutdown: sending OUTP OFF");
+                tracing::warn!(
+                    addr = link.addr(),
+                    "AC source dropped without shutdown: sending OUTP OFF"
+                );
                 rt.spawn(async move {
                     for l in &lines {
                         if let Err(e) = link.send(l).await {
