@@ -233,14 +233,22 @@ fn missing() -> ScpiError {
 /// Does `header` (already split on ':') match `pattern` like `[SOURce:]LIST:VOLTage:AC:STARt`?
 /// Upper-case letters of a pattern node are its short form.
 fn header_matches(pattern: &str, header: &[&str]) -> bool {
-    let nodes: Vec<(bool, &str)> = pattern
-        .split(':')
-        .filter(|n| !n.is_empty() && *n != "]")
-        .map(|n| {
-            let opt = n.starts_with('[');
-            (opt, n.trim_matches(|c| c == '[' || c == ']'))
-        })
-        .collect();
+    // Nodes are `NAME` or an optional `[NAME:]` / `[:NAME]`, separated by ':'.
+    let mut nodes: Vec<(bool, &str)> = Vec::new();
+    let mut rest = pattern;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('[') {
+            let (inner, after) = r.split_once(']').unwrap_or((r, ""));
+            nodes.push((true, inner.trim_matches(':')));
+            rest = after;
+        } else {
+            let end = rest.find([':', '[']).unwrap_or(rest.len());
+            if end > 0 {
+                nodes.push((false, &rest[..end]));
+            }
+            rest = rest[end..].strip_prefix(':').unwrap_or(&rest[end..]);
+        }
+    }
     fn node_eq(node: &str, tok: &str) -> bool {
         let short: String = node
             .chars()
@@ -961,5 +969,150 @@ impl Emulator {
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn codes(i: &Instrument) -> Vec<i32> {
+        i.errors().iter().map(|e| e.code).collect()
+    }
+
+    #[test]
+    fn headers_match_short_long_case_and_optional_nodes() {
+        let p = "[SOURce:]LIST:VOLTage:AC:STARt";
+        for h in [
+            "SOUR:LIST:VOLT:AC:STAR",
+            "source:list:voltage:ac:start",
+            "LIST:VOLT:AC:STAR",
+            "list:Volt:ac:start",
+        ] {
+            let toks: Vec<&str> = h.split(':').collect();
+            assert!(header_matches(p, &toks), "{h}");
+        }
+        for h in [
+            "SOUR:LIST:VOL:AC:STAR",
+            "LIST:VOLT:AC",
+            "SOUR:SOUR:LIST:VOLT:AC:STAR",
+            "LIST:VOLTAGES:AC:STAR",
+        ] {
+            let toks: Vec<&str> = h.split(':').collect();
+            assert!(!header_matches(p, &toks), "{h}");
+        }
+    }
+
+    #[test]
+    fn chroma_list_runs_in_cycles_and_errors_queue() {
+        let mut i = Instrument::new(Dialect::Chroma, 300.0);
+        for l in [
+            ":SOURce:VOLTage:AC 230",
+            "sour:freq 60",
+            "OUTP:MODE LIST",
+            "LIST:BASE CYCLE",
+            "LIST:VOLT:AC:STAR 230,115,230",
+            "LIST:VOLT:AC:END 230,115,230",
+            "LIST:FREQ:STAR 60,60,60",
+            "LIST:FREQ:END 60,60",
+            "OUTP ON",
+            "TRIG ON",
+        ] {
+            assert_eq!(i.handle_line(l), None, "{l}");
+        }
+        // FREQ:END and DWEL lengths disagree with the volts: settings conflict, no transient.
+        assert_eq!(codes(&i), vec![-221]);
+        assert_eq!(i.output().transient, None);
+        i.handle_line("LIST:FREQ:END 60,60,60");
+        i.handle_line("LIST:DWEL 5,5,10");
+        i.handle_line("LIST:SPH 90");
+        i.handle_line("TRIG ON");
+        i.handle_line("SOUR:VOLT:AC 301");
+        i.handle_line("SOUR:VOLTS:AC 1");
+        assert_eq!(
+            i.handle_line("SYST:ERR?").as_deref(),
+            Some("-221,\"Settings conflict\"")
+        );
+        assert_eq!(
+            i.handle_line("SYST:ERR?").as_deref(),
+            Some("-222,\"Data out of range\"")
+        );
+        assert_eq!(
+            i.handle_line("syst:err?").as_deref(),
+            Some("-113,\"Undefined header\"")
+        );
+        assert_eq!(
+            i.handle_line("SYST:ERR?").as_deref(),
+            Some("0,\"No error\"")
+        );
+        let out = i.output();
+        assert!(out.output_on);
+        assert_eq!(out.rms_at(-1.0), 230.0);
+        assert_eq!(out.rms_at(4.9 / 60.0), 230.0);
+        assert_eq!(out.rms_at(5.1 / 60.0), 115.0);
+        assert_eq!(out.rms_at(9.9 / 60.0), 115.0);
+        assert_eq!(out.rms_at(10.1 / 60.0), 230.0);
+        assert_eq!(out.rms_at(100.0), 230.0);
+        // Phase-synced at 90°: the trigger instant is the positive peak; 5.25 cycles later
+        // (a quarter cycle into the dip) the wave crosses zero going negative.
+        assert!((out.volts_at(0.0) - 230.0 * SQRT_2).abs() < 1e-9);
+        assert!((out.volts_at(5.0 / 60.0) - 115.0 * SQRT_2).abs() < 1e-6);
+        assert!(out.volts_at(5.25 / 60.0).abs() < 1e-6);
+        i.handle_line("OUTP OFF");
+        assert_eq!(i.output().rms_at(1.0), 0.0);
+    }
+
+    #[test]
+    fn ametek_list_single_dwell_pulse_and_dialect_mismatch() {
+        let mut i = Instrument::new(Dialect::Ametek, 300.0);
+        for l in [
+            "VOLT 120",
+            "FREQ 50",
+            "VOLT:MODE LIST",
+            "LIST:VOLT 120,0,120",
+            "LIST:DWEL 0.1",
+            "LIST:COUN 2",
+            "OUTP ON",
+            "INIT",
+        ] {
+            i.handle_line(l);
+        }
+        assert_eq!(codes(&i), Vec::<i32>::new());
+        let out = i.output();
+        assert_eq!(out.rms_at(0.15), 0.0);
+        assert_eq!(out.rms_at(0.25), 120.0);
+        assert_eq!(out.rms_at(0.45), 0.0); // second pass
+        assert_eq!(out.rms_at(0.65), 120.0);
+        assert_eq!(out.freq_at(0.15), 50.0);
+        i.handle_line("ABOR");
+        i.handle_line("VOLT:MODE PULS");
+        i.handle_line("VOLT:TRIG 60");
+        i.handle_line("PULS:WIDT 0.1");
+        i.handle_line("PULS:PER 0.5");
+        i.handle_line("PULS:COUN 2");
+        i.handle_line("INIT:IMM");
+        let out = i.output();
+        assert_eq!(
+            [
+                out.rms_at(0.05),
+                out.rms_at(0.2),
+                out.rms_at(0.55),
+                out.rms_at(0.7),
+                out.rms_at(2.0)
+            ],
+            [60.0, 120.0, 60.0, 120.0, 120.0]
+        );
+        // Chroma-only headers are undefined here; 33 list points are out of range.
+        i.handle_line("SYST:REM");
+        i.handle_line(&format!("LIST:VOLT {}", vec!["1"; 33].join(",")));
+        i.handle_line("VOLT abc");
+        i.handle_line("VOLT");
+        assert_eq!(codes(&i), vec![-113, -222, -104, -109]);
+        i.handle_line("*CLS");
+        assert_eq!(codes(&i), Vec::<i32>::new());
+        assert!(i.handle_line("*IDN?").unwrap().starts_with("AMETEK"));
+        i.handle_line("*RST");
+        assert!(!i.output().output_on);
     }
 }

@@ -283,9 +283,16 @@ pub fn envelope_program(
             } else {
                 Dwell::Seconds(round(secs))
             };
+            // The envelope is linear inside a segment: sample just inside both edges (the
+            // edges themselves are discontinuities) and extrapolate to them.
+            let (vs, ve) = (
+                grid.nominal * model.envelope(channel, a + eps),
+                grid.nominal * model.envelope(channel, b - eps),
+            );
+            let slope = (ve - vs) / (secs - 2.0 * eps);
             ListPoint {
-                volts_start: round(grid.nominal * model.envelope(channel, a + eps)),
-                volts_end: round(grid.nominal * model.envelope(channel, b - eps)),
+                volts_start: round(vs - slope * eps),
+                volts_end: round(ve + slope * eps),
                 freq,
                 dwell,
             }
@@ -701,5 +708,201 @@ impl<T: ScpiTransport + 'static> Drop for AcSource<T> {
                 "AC source dropped outside a tokio runtime: output may still be on"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use sim_core::disturbance::{Harmonic, RmsVariation};
+    use sim_core::{PhaseSet, PhaseSystem};
+
+    fn grid() -> GridSpec {
+        GridSpec {
+            nominal: 230.0,
+            frequency: 60.0,
+            system: PhaseSystem::ThreePhase,
+            sample_rate: 6000.0,
+            load: None,
+        }
+    }
+
+    fn dist(at: f64, pow: Option<f64>, phases: PhaseSet, kind: DisturbanceKind) -> Disturbance {
+        Disturbance {
+            at,
+            point_on_wave_deg: pow,
+            phases,
+            groups: vec![],
+            kind,
+        }
+    }
+
+    fn sag(level: f64, duration: f64) -> DisturbanceKind {
+        DisturbanceKind::Sag(RmsVariation {
+            level,
+            duration,
+            ramp: 0.0,
+            phase_jump_deg: 0.0,
+        })
+    }
+
+    #[test]
+    fn nrf_trims() {
+        assert_eq!(nrf(230.0), "230");
+        assert_eq!(nrf(0.083_333_333), "0.083333");
+        assert_eq!(nrf(-0.0), "0");
+        assert_eq!(nrf(59.5), "59.5");
+    }
+
+    #[test]
+    fn a_point_on_wave_sag_becomes_a_phase_synced_list() {
+        let d = dist(0.1, Some(90.0), PhaseSet::ALL, sag(0.5, 5.0 / 60.0));
+        let p = envelope_program(&grid(), &[d], 0, 0, 0.5).unwrap();
+        // Onset resolved to the next 90° of L1 after 0.1 s: 6.25 cycles = 0.104167 s.
+        let pt = |v, dwell| ListPoint {
+            volts_start: v,
+            volts_end: v,
+            freq: 60.0,
+            dwell,
+        };
+        assert_eq!(
+            p,
+            Program::List {
+                points: vec![
+                    pt(230.0, Dwell::Seconds(0.104_167)),
+                    pt(115.0, Dwell::Cycles(5)),
+                    pt(230.0, Dwell::Seconds(0.3125)),
+                ],
+                count: 1,
+                phase_deg: Some(0.0),
+            }
+        );
+    }
+
+    #[test]
+    fn ramps_frequency_steps_other_phases_and_refusals() {
+        let g = grid();
+        let ramped = DisturbanceKind::Swell(RmsVariation {
+            level: 1.2,
+            duration: 0.1,
+            ramp: 0.05,
+            phase_jump_deg: 0.0,
+        });
+        let p =
+            envelope_program(&g, &[dist(0.05, None, PhaseSet::ALL, ramped)], 0, 0, 0.25).unwrap();
+        let Program::List {
+            points, phase_deg, ..
+        } = &p
+        else {
+            panic!("{p:?}")
+        };
+        assert_eq!(*phase_deg, None);
+        let levels: Vec<(f64, f64)> = points
+            .iter()
+            .map(|p| (p.volts_start, p.volts_end))
+            .collect();
+        assert_eq!(
+            levels,
+            vec![
+                (230.0, 230.0),
+                (230.0, 276.0),
+                (276.0, 276.0),
+                (276.0, 230.0),
+                (230.0, 230.0)
+            ]
+        );
+        assert_eq!(points[1].dwell, Dwell::Cycles(3));
+
+        let step = DisturbanceKind::Frequency {
+            deviation: -0.5,
+            ramp: 0.0,
+            duration: 0.5,
+            return_to_nominal: true,
+        };
+        let p = envelope_program(&g, &[dist(0.5, None, PhaseSet::ALL, step)], 0, 2, 2.0).unwrap();
+        let Program::List { points, .. } = &p else {
+            panic!("{p:?}")
+        };
+        let f: Vec<f64> = points.iter().map(|p| p.freq).collect();
+        assert_eq!(f, vec![60.0, 59.5, 60.0]);
+        // 0.5 s at 59.5 Hz is 29.75 cycles: kept in seconds.
+        assert_eq!(points[1].dwell, Dwell::Seconds(0.5));
+        assert_eq!(points[0].dwell, Dwell::Cycles(30));
+    }
+
+    #[test]
+    fn unsupported_disturbances_are_named_and_a_quiet_channel_is_fixed() {
+        let g = grid();
+        let h = DisturbanceKind::Harmonics {
+            components: vec![Harmonic {
+                order: 5,
+                magnitude: 0.05,
+                phase_deg: 0.0,
+            }],
+            end: None,
+            duration: 1.0,
+        };
+        let e = envelope_program(&g, &[dist(0.2, None, PhaseSet::ALL, h)], 0, 0, 1.0).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ProgramError::Unsupported {
+                    disturbance: "harmonics",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("harmonics at 0.2 s"), "{e}");
+        // A sag on L2 only leaves L1 fixed at nominal.
+        let d = dist(
+            0.1,
+            None,
+            PhaseSet::of(&[sim_core::Phase::L2]),
+            sag(0.5, 0.1),
+        );
+        assert_eq!(
+            envelope_program(&g, &[d], 0, 0, 1.0).unwrap(),
+            Program::Fixed {
+                volts: 230.0,
+                freq: 60.0
+            }
+        );
+    }
+
+    #[test]
+    fn safety_names_the_point_and_value() {
+        let limits = SafetyLimits {
+            max_volts: 253.0,
+            max_freq: 65.0,
+            min_freq: 45.0,
+        };
+        let pt = |v| ListPoint {
+            volts_start: v,
+            volts_end: v,
+            freq: 60.0,
+            dwell: Dwell::Cycles(5),
+        };
+        let p = Program::List {
+            points: vec![pt(230.0), pt(276.0)],
+            count: 1,
+            phase_deg: None,
+        };
+        let e = Dialect::Chroma.render(&p, &limits).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "refusing list point 2 volts_start = 276: outside the lab's safety limit 0..=253 V"
+        );
+        let e = limits
+            .check(&Program::Fixed {
+                volts: 230.0,
+                freq: f64::NAN,
+            })
+            .unwrap_err();
+        assert!(
+            matches!(e, ProgramError::Unsafe { ref what, .. } if what == "fixed freq"),
+            "{e}"
+        );
     }
 }
