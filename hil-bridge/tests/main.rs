@@ -1,1 +1,3 @@
 //! Integration tests of the HIL bridge against its emulators and third-party peers.
+
+mod scpi_source;
