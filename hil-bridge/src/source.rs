@@ -318,8 +318,9 @@ pub struct Rendered {
 pub enum Dialect {
     /// Chroma 61500/61600/61800 (STANDARDS.md §11.2). `LIST:POIN`, `LIST:DWEL`, `LIST:COUN`,
     /// `OUTP:MODE` and `TRIG ON` are [R]-grade there: to be checked against the unit's manual.
-    /// The phase (`LIST:SPH`, `PULS:SPH`) and pulse (`PULS:*`) command names are not in
-    /// STANDARDS.md at all: unverified, to be checked against the unit's manual.
+    /// The phase (`LIST:SPH`, `PULS:SPH`) and pulse (`PULS:*`) command names, and dwell in
+    /// seconds under `LIST:BASE TIME`, are not in STANDARDS.md at all: unverified, to be
+    /// checked against the unit's manual.
     Chroma,
     /// AMETEK / California Instruments Sequoia (STANDARDS.md §11.3). `TRIG:SYNC:SOUR PHAS`,
     /// `TRIG:SYNC:PHAS` and `VOLT:TRIG` are [R]-grade: to be checked against the unit's manual.
@@ -628,6 +629,7 @@ impl<T: ScpiTransport + 'static> AcSource<T> {
     /// Checks `p` against the safety limits (nothing is sent when it fails), sends its lines,
     /// then drains `SYST:ERR?`; any error switches the output off before it is returned.
     pub async fn program(&mut self, p: &Program) -> Result<(), AcSourceError> {
+        self.armed = None;
         let rendered = self.dialect.render(p, &self.limits)?;
         let r = self.send_checked(&rendered.program, "programming").await;
         self.off_on_error(r).await?;
@@ -904,5 +906,44 @@ mod tests {
             matches!(e, ProgramError::Unsafe { ref what, .. } if what == "fixed freq"),
             "{e}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reset_waits_the_post_rst_delay_before_the_next_command() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (client, server) = tokio::io::duplex(4096);
+        let peer = tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut r = BufReader::new(server);
+            let mut seen = Vec::new();
+            let mut line = String::new();
+            while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                let l = line.trim_end().to_string();
+                line.clear();
+                seen.push((l.clone(), start.elapsed()));
+                if l == "SYST:ERR?" {
+                    r.get_mut().write_all(b"0,\"No error\"\n").await.unwrap();
+                }
+            }
+            seen
+        });
+        let link = ScpiLink::new(client, "pipe", Duration::from_secs(1));
+        let mut src = AcSource::new(
+            link,
+            Dialect::Chroma,
+            SafetyLimits {
+                max_volts: 253.0,
+                max_freq: 65.0,
+                min_freq: 45.0,
+            },
+        );
+        assert_eq!(src.rst_delay, Duration::from_secs(7));
+        src.reset().await.unwrap();
+        src.shutdown().await.unwrap();
+        let seen = peer.await.unwrap();
+        let names: Vec<&str> = seen.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(names, ["*RST", "*CLS", "SYST:ERR?", "OUTP OFF"]);
+        assert!(seen[0].1 < Duration::from_secs(1));
+        assert!(seen[1].1 >= Duration::from_secs(7), "{seen:?}");
     }
 }
