@@ -317,13 +317,13 @@ pub struct Rendered {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     /// Chroma 61500/61600/61800 (STANDARDS.md §11.2). `LIST:POIN`, `LIST:DWEL`, `LIST:COUN`,
-    /// `OUTP:MODE` and `TRIG ON` are [R]-grade there: to be checked against the unit's manual.
+    /// `OUTP:MODE` and `TRIG ON` are \[R\]-grade there: to be checked against the unit's manual.
     /// The phase (`LIST:SPH`, `PULS:SPH`) and pulse (`PULS:*`) command names, and dwell in
     /// seconds under `LIST:BASE TIME`, are not in STANDARDS.md at all: unverified, to be
     /// checked against the unit's manual.
     Chroma,
     /// AMETEK / California Instruments Sequoia (STANDARDS.md §11.3). `TRIG:SYNC:SOUR PHAS`,
-    /// `TRIG:SYNC:PHAS` and `VOLT:TRIG` are [R]-grade: to be checked against the unit's manual.
+    /// `TRIG:SYNC:PHAS` and `VOLT:TRIG` are \[R\]-grade: to be checked against the unit's manual.
     Ametek,
 }
 
