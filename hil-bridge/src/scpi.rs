@@ -217,6 +217,10 @@ impl<T: ScpiTransport> ScpiLink<T> {
     }
 
     /// Sends a query and reads one reply line (without its terminator) within `timeout`.
+    ///
+    /// After a [`LinkFailed`] the session may be out of step (a late reply can still arrive):
+    /// treat the link as broken — only fire-and-forget commands such as `OUTP OFF` are sent
+    /// on it afterwards.
     pub async fn query_within(
         &mut self,
         command: &str,
