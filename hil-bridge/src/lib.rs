@@ -1,8 +1,18 @@
 //! The HIL bridge: drive a real programmable AC source over SCPI and read a real meter over
 //! Modbus TCP/RTU, with emulated twins of both for CI (issue 6).
 //!
-//! Modules arrive as they hold real code: the SCPI layer and AC-source drivers with their
-//! emulator, and the Modbus RTU reader.
+//! - [`scpi`]: the SCPI line protocol over any byte stream (TCP port 5025, serial later),
+//!   `*IDN?`, `SYST:ERR?`, two-layer errors (link failed vs the instrument's error queue).
+//! - [`source`]: AC-source programs (fixed, list, pulse), their lowering from a sim-core supply
+//!   envelope, the safety check, the Chroma and AMETEK/CI dialects and the async driver.
+//! - [`emulator`]: an SCPI AC-source emulator for both dialects whose programmed output is a
+//!   pure function of time since the trigger.
+//! - [`rtu`]: Modbus RTU framing (CRC-16, inter-frame silence), sans-io.
+//! - [`reader`]: meter readers over Modbus RTU (tokio-serial) and TCP with two-layer results
+//!   (the device's exception vs a failed link).
 
+pub mod emulator;
 pub mod reader;
 pub mod rtu;
+pub mod scpi;
+pub mod source;

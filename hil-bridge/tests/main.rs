@@ -2,4 +2,5 @@
 
 mod pymodbus_peer;
 mod rtu_faults;
+mod scpi_source;
 mod tcp_faults;
