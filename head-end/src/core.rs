@@ -313,7 +313,7 @@ impl HeadEndCore {
         }
         let e = self.latest.entry(meter).or_insert(Latest {
             source_ms,
-            volts: [0.0; 3],
+            volts: [f32::NAN; 3],
         });
         match part {
             Some((p, _)) if source_ms == e.source_ms => {
@@ -322,7 +322,7 @@ impl HeadEndCore {
             Some((p, _)) if source_ms > e.source_ms => {
                 *e = Latest {
                     source_ms,
-                    volts: [0.0; 3],
+                    volts: [f32::NAN; 3],
                 };
                 e.volts[usize::from(p).min(2)] = volts[usize::from(p).min(2)];
             }

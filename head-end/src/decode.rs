@@ -166,7 +166,9 @@ pub fn decode(topic: &str, payload: &[u8]) -> Result<Incoming, DecodeError> {
     let payload = match kind {
         "reading" => {
             let v = wire.volts.ok_or_else(|| field("volts", "missing"))?;
-            let volts = [v.l1, v.l2, v.l3].map(|x| x.map_or(0.0, |x| x as f32));
+            // A phase the payload leaves out (a single-phase meter, or another part of a split
+            // reading) is NaN, not 0 V: no voltage was reported, none is invented.
+            let volts = [v.l1, v.l2, v.l3].map(|x| x.map_or(f32::NAN, |x| x as f32));
             Payload::Reading {
                 volts,
                 overflow: wire.overflow.unwrap_or(0),
@@ -250,13 +252,12 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(
-            message.payload,
-            Payload::Reading {
-                volts: [230.5, 0.0, 0.0],
-                overflow: 4
-            }
-        );
+        let Payload::Reading { volts, overflow } = message.payload else {
+            panic!("not a reading")
+        };
+        assert_eq!(overflow, 4);
+        assert_eq!(volts[0], 230.5);
+        assert!(volts[1].is_nan() && volts[2].is_nan(), "{volts:?}");
     }
 
     #[test]

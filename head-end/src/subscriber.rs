@@ -354,6 +354,19 @@ pub async fn run_head_end(
         tokio::select! {
             biased;
             () = async { let _ = stop.wait_for(|s| *s).await; } => break Ok(()),
+            // Polls and stale checks before MQTT: they are few, and a burst of meter messages
+            // must not starve them (a full poll channel would stall the poller).
+            ev = async { match outputs.polls.as_mut() { Some(p) => p.recv().await, None => None } }, if polls_open => {
+                match ev {
+                    Some(ev) => {
+                        core.on_poll(ev, now_ms(), &mut alarms);
+                        if let Err(e) = flush(&client, alarm_out.as_mut(), &mut store, &mut outputs, &mut alarms, &mut to_ack, &mut report).await {
+                            break Err(e);
+                        }
+                    }
+                    None => polls_open = false,
+                }
+            }
             msg = rx.recv() => {
                 let Some(first) = msg else { break Ok(()) };
                 let mut next = Some(first);
@@ -416,17 +429,6 @@ pub async fn run_head_end(
                 }
                 if let Err(e) = flush(&client, alarm_out.as_mut(), &mut store, &mut outputs, &mut alarms, &mut to_ack, &mut report).await {
                     break Err(e);
-                }
-            }
-            ev = async { match outputs.polls.as_mut() { Some(p) => p.recv().await, None => None } }, if polls_open => {
-                match ev {
-                    Some(ev) => {
-                        core.on_poll(ev, now_ms(), &mut alarms);
-                        if let Err(e) = flush(&client, alarm_out.as_mut(), &mut store, &mut outputs, &mut alarms, &mut to_ack, &mut report).await {
-                            break Err(e);
-                        }
-                    }
-                    None => polls_open = false,
                 }
             }
             _ = stale.tick() => {
