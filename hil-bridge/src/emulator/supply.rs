@@ -116,7 +116,12 @@ impl EmulatedOutput {
             out.push(fixed(0.0, t0, self.fixed));
         }
         let pass: f64 = tr.segments.iter().map(|s| s.duration).sum();
-        if !(pass.is_finite() && pass > 0.0) || tr.segments.iter().any(|s| !(s.duration > 0.0)) {
+        if !(pass.is_finite() && pass > 0.0)
+            || tr
+                .segments
+                .iter()
+                .any(|s| s.duration.is_nan() || s.duration <= 0.0)
+        {
             return Err(ConvertError::Unsupported {
                 at: t0,
                 what: format!("a transient whose segments last {pass} s in all"),
