@@ -3,5 +3,6 @@
 mod emulated_round_trip;
 mod pymodbus_peer;
 mod rtu_faults;
+mod scpi_serial;
 mod scpi_source;
 mod tcp_faults;
