@@ -650,4 +650,32 @@ mod tests {
         assert!(i.errors().is_empty());
         assert_reproduces(&i.output(), 0, 0.0, 1.2);
     }
+
+    #[test]
+    fn an_instrument_pulse_train_converts_to_repeated_sags() {
+        let mut i = Instrument::new(Dialect::Ametek, 300.0);
+        for l in [
+            "FREQ 50",
+            "VOLT 230",
+            "VOLT:MODE PULS",
+            "VOLT:TRIG 161",
+            "PULS:HOLD WIDT",
+            "PULS:WIDT 0.1",
+            "PULS:PER 0.5",
+            "PULS:COUN 3",
+            "OUTP ON",
+            "INIT",
+        ] {
+            i.handle_line(l);
+        }
+        assert!(i.errors().is_empty());
+        let o = i.output();
+        let ds = o.to_disturbances(&grid(), PhaseSet::ALL, 0.0, 2.0).unwrap();
+        let ats: Vec<f64> = ds.iter().map(|d| d.at).collect();
+        assert_eq!(ats, vec![0.0, 0.5, 1.0]);
+        assert!(ds
+            .iter()
+            .all(|d| matches!(d.kind, DisturbanceKind::Sag(v) if (v.level - 0.7).abs() < 1e-12 && (v.duration - 0.1).abs() < 1e-12)));
+        assert_reproduces(&o, 2, 0.0, 2.0);
+    }
 }
