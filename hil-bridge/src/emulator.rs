@@ -6,7 +6,8 @@
 //! form, case-insensitively, with an optional leading colon and optional `[SOURce:]`.
 //! [`Emulator`] serves it on a TCP listener. What the source puts out is
 //! [`EmulatedOutput`]: a pure function of the time since the trigger, to be sampled or
-//! turned into sim-core disturbances by a virtual meter.
+//! turned into sim-core disturbances ([`EmulatedOutput::to_disturbances`],
+//! [`outputs_to_disturbances`]) that feed the device-under-test's supply model.
 //!
 //! Modelling choices (not the real units' documented behaviour): after a list or pulse
 //! train ends the output holds the last point's end level; `*RST` leaves the error queue
@@ -25,6 +26,9 @@ use tokio::task::JoinHandle;
 
 use crate::scpi::{read_line, ScpiError};
 use crate::source::{nrf, Dialect};
+
+mod supply;
+pub use supply::{outputs_to_disturbances, ConvertError, MAX_PIECES};
 
 /// Error-queue depth; further errors replace the last entry with -350.
 pub const QUEUE_DEPTH: usize = 16;

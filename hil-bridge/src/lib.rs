@@ -1,7 +1,7 @@
 //! The HIL bridge: drive a real programmable AC source over SCPI and read a real meter over
 //! Modbus TCP/RTU, with emulated twins of both for CI (issue 6).
 //!
-//! - [`scpi`]: the SCPI line protocol over any byte stream (TCP port 5025, serial later),
+//! - [`scpi`]: the SCPI line protocol over any byte stream (TCP port 5025 or a serial line),
 //!   `*IDN?`, `SYST:ERR?`, two-layer errors (link failed vs the instrument's error queue).
 //! - [`source`]: AC-source programs (fixed, list, pulse), their lowering from a sim-core supply
 //!   envelope, the safety check, the Chroma and AMETEK/CI dialects and the async driver.

@@ -1,5 +1,5 @@
 //! An async SCPI line protocol over any byte stream (a raw TCP socket on port 5025, a serial
-//! line later): `\n`-terminated commands, queries with a per-call timeout, `*IDN?` parsing and
+//! line via [`ScpiLink::connect_serial`]): `\n`-terminated commands, queries with a per-call timeout, `*IDN?` parsing and
 //! `SYST:ERR?` draining (STANDARDS.md §11.1).
 //!
 //! Failures are two-layer and stay distinct: [`LinkFailed`] means the link broke (timeout,
@@ -169,6 +169,27 @@ impl ScpiLink<TcpStream> {
         // Commands are small; do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         Ok(ScpiLink::new(stream, addr, timeout))
+    }
+}
+
+impl ScpiLink<tokio_serial::SerialStream> {
+    /// Opens the serial port `path` (e.g. `/dev/ttyUSB0`) at `baud`, 8 data bits, no parity,
+    /// 1 stop bit, no flow control; `timeout` is the default per-query timeout and errors name
+    /// `path`. Must be called inside a tokio runtime (the port registers with its reactor).
+    pub fn connect_serial(path: &str, baud: u32, timeout: Duration) -> Result<Self, LinkFailed> {
+        use tokio_serial::SerialPortBuilderExt;
+        let stream = tokio_serial::new(path, baud)
+            .data_bits(tokio_serial::DataBits::Eight)
+            .parity(tokio_serial::Parity::None)
+            .stop_bits(tokio_serial::StopBits::One)
+            .flow_control(tokio_serial::FlowControl::None)
+            .open_native_async()
+            .map_err(|e| LinkFailed {
+                addr: path.to_string(),
+                command: "open".into(),
+                failure: LinkFailure::Io(format!("failed to open serial port at {baud} baud: {e}")),
+            })?;
+        Ok(ScpiLink::new(stream, path, timeout))
     }
 }
 
