@@ -10,6 +10,7 @@ pub mod exit;
 pub mod export;
 pub mod fleet;
 pub mod head_end_cmd;
+pub mod hil_run;
 pub mod live;
 pub mod load;
 pub mod meter;

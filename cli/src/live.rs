@@ -132,7 +132,9 @@ pub fn live_outcome(
     }
 }
 
-async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, String> {
+/// The live run itself, on the caller's runtime (`--mode hil` runs it after programming its
+/// sources).
+pub(crate) async fn live(scenario: &Scenario, opts: &LiveOptions) -> Result<Observations, String> {
     let url = opts.broker.clone();
     let broker = tokio::task::spawn_blocking(move || start_live_broker(&url))
         .await

@@ -17,7 +17,8 @@ use virtual_meter::broker::{find_program, BrokerUrl};
 
 /// Live runs are timed on real sockets: one at a time, so two of them never compete for the
 /// two cores (the latency verdicts are the part that CPU contention could change).
-static LIVE: Mutex<()> = Mutex::new(());
+/// Live and HIL runs take turns: they share two cores with real-time pacing.
+pub(crate) static LIVE: Mutex<()> = Mutex::new(());
 
 /// The library scenarios of the agreement test: no hardware, a few seconds of real time each,
 /// covering sags, swells, interruptions, a sag that must not trip, the minimum-duration filter,
@@ -42,7 +43,7 @@ fn load(path: &Path) -> Scenario {
 
 /// Live options as `gridloop run --mode live` builds them from its defaults (10 ms pacing step,
 /// 10 s drain, reconnect back-off capped at 50 ms).
-fn live_options(broker: BrokerUrl, alarm_store: Option<PathBuf>) -> LiveOptions {
+pub(crate) fn live_options(broker: BrokerUrl, alarm_store: Option<PathBuf>) -> LiveOptions {
     use clap::Parser;
     #[derive(Parser)]
     struct Defaults {
