@@ -1,5 +1,7 @@
 //! Integration tests of the HIL bridge against its emulators and third-party peers.
 
+mod hardware;
+mod lab_profiles;
 mod pymodbus_peer;
 mod rtu_faults;
 mod scpi_source;
