@@ -13,6 +13,7 @@ mod calibrate;
 mod export;
 mod fleet;
 mod head_end;
+mod hil;
 mod live;
 mod meter;
 mod replay;
