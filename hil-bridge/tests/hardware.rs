@@ -3,6 +3,8 @@
 //! every real instrument (`*IDN?`, an empty error queue) and reads every real meter (plausible
 //! voltages and frequency); emulated entries of the profile are left to `gridloop hil probe`.
 
+use std::io::Write;
+
 use hil_bridge::lab::{hardware_lab, InstrumentTransport, MeterTransport};
 use hil_bridge::reader::MeterReader;
 
@@ -11,16 +13,29 @@ async fn hardware_probe() {
     let lab = match hardware_lab() {
         Ok(lab) => lab,
         Err(skip) if skip.is_skip() => {
-            // The visible skip (run with --nocapture, or see the test's stdout in CI logs).
-            #[allow(clippy::print_stdout)]
-            {
-                println!("{skip}");
-            }
-            eprintln!("{skip}");
+            // Straight to the process's stderr, past libtest's capture of `print!`/`eprint!`:
+            // the skip shows in every `cargo test` log, with or without --nocapture.
+            let _ = writeln!(std::io::stderr(), "hardware_probe: {skip}");
             return;
         }
         Err(e) => panic!("hardware requested but unusable: {e}"),
     };
+    let hardware = lab
+        .instruments
+        .iter()
+        .filter(|i| i.transport != InstrumentTransport::Emulated)
+        .count()
+        + lab
+            .meters
+            .iter()
+            .filter(|m| !matches!(m.transport, MeterTransport::Emulated { .. }))
+            .count();
+    assert!(
+        hardware > 0,
+        "{} has no hardware: every instrument and meter is emulated (probe it with \
+         `gridloop hil probe --lab`)",
+        lab.file.display()
+    );
     for inst in &lab.instruments {
         if inst.transport == InstrumentTransport::Emulated {
             eprintln!("instrument {}: emulated, not hardware: left out", inst.name);
