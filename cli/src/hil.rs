@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use head_end::handshake::{self, Limits, Probe, Verdict};
 use hil_bridge::emulator::{Emulator, Instrument};
-use hil_bridge::lab::{InstrumentTransport, Lab, LabError, MeterProfile, MeterTransport};
+use hil_bridge::lab::{InstrumentTransport, Lab, MeterProfile, MeterTransport};
 use hil_bridge::reader::RegisterRead;
 use hil_bridge::rtu::{exception_name, Answer, LinkError, ReadRequest, RegisterKind};
 use hil_bridge::source::Dialect;
@@ -57,9 +57,8 @@ pub fn hil(args: &HilArgs) -> CommandResult {
 }
 
 fn probe(args: &HilProbeArgs) -> CommandResult {
-    let lab = Lab::load(&args.lab).map_err(|e| match e {
-        LabError::Read { .. } | LabError::Invalid { .. } => Failure::new(INVALID_INPUT, e),
-    })?;
+    // A missing or unreadable file is a bad path (usage), like a bad profile: exit 2.
+    let lab = Lab::load(&args.lab).map_err(|e| Failure::new(INVALID_INPUT, e))?;
     // Register maps are read before anything starts: a bad one is a bad lab (exit 2).
     let maps = lab
         .meters

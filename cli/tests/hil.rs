@@ -98,3 +98,21 @@ fn a_bad_lab_file_exits_2_naming_file_line_and_field() {
     );
     assert!(stdout(&out).is_empty());
 }
+
+#[test]
+fn a_meter_map_file_moves_the_addresses_probed() {
+    // The map puts every point away from the documented addresses (0x0024…): only a probe that
+    // reads where the map says finds 240 V and 60 Hz, in the word order the lab names.
+    let out = probe("tests/labs/mapped-meter.yaml");
+    let text = stdout(&out);
+    assert_eq!(code(&out), i32::from(exit::SUCCESS), "{out:?}");
+    let line = lines_starting(&text, "meter mapped at 127.0.0.1:");
+    assert_eq!(line.len(), 1, "{text}");
+    assert!(
+        line[0].ends_with(
+            " unit 1: firmware 0.1, L1 240.0 V, L2 240.0 V, L3 240.0 V, 60.00 Hz, \
+             encoding verified"
+        ),
+        "{text}"
+    );
+}

@@ -240,7 +240,7 @@ impl InstrumentProfile {
             let mut link = self.connect(emulated_at).await?;
             addr = link.addr().to_string();
             let identity = link.identify().await?;
-            let queue = link.check_errors("*IDN?").await?;
+            let queue = link.check_errors("probing (*IDN?)").await?;
             Ok((identity, queue))
         }
         .await;
@@ -980,10 +980,11 @@ impl Checker<'_> {
         };
         if let Some(s) = &r.serial {
             if s.unit.is_some() {
-                return Err(self.err(
+                return Err(self.nested(
                     L,
-                    Some(i),
-                    Some("unit"),
+                    i,
+                    "serial",
+                    "unit",
                     "an instrument's serial line has no unit id",
                 ));
             }
@@ -1011,7 +1012,7 @@ impl Checker<'_> {
         self.err(
             list,
             Some(i),
-            chosen.get(1).copied().or(None),
+            chosen.get(1).copied(),
             format!(
                 "exactly one transport is required, one of {} ({found})",
                 keys.iter()

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use hil_bridge::emulator::{Emulator, Instrument};
 use hil_bridge::lab::{InstrumentTransport, Lab, LabError, MeterTransport};
 use hil_bridge::source::Dialect;
 use sim_core::encoding::{RegisterEncoding, WordOrder};
@@ -130,5 +131,56 @@ fn a_missing_file_names_itself() {
         err.to_string()
             .starts_with("/nonexistent/lab.yaml: cannot read"),
         "{err}"
+    );
+}
+
+const ONE_SOURCE: &str = "\
+safety: { max_volts: 264, min_freq: 45, max_freq: 65 }
+instruments:
+  - name: src
+    dialect: ametek
+    emulated: true
+    timeout: 2s
+";
+
+#[tokio::test]
+async fn probing_an_instrument_keeps_its_error_queue_apart_from_the_link() {
+    let lab = Lab::parse(ONE_SOURCE, Path::new("one.yaml")).expect("parses");
+    let profile = &lab.instruments[0];
+    // An instrument that already holds an error: the probe reaches it, identifies it and
+    // reports the queue as the instrument's answer, not as a link failure.
+    let mut instrument = Instrument::new(Dialect::Ametek, 300.0);
+    assert_eq!(instrument.handle_line("BOGUS:CMD"), None);
+    let emulator = Emulator::bind("127.0.0.1:0", instrument)
+        .await
+        .expect("binds");
+    let probe = profile.probe(Some(emulator.local_addr())).await;
+    assert_eq!(probe.addr, emulator.local_addr().to_string());
+    let (identity, queue) = probe.result.expect("reached");
+    assert_eq!(identity.manufacturer, "AMETEK Programmable Power");
+    assert_eq!(identity.serial, "EMU0002");
+    let errors = queue.expect_err("the queued error").errors;
+    assert_eq!(
+        errors.iter().map(|e| e.code).collect::<Vec<_>>(),
+        vec![-113]
+    );
+    // Drained: a second probe finds the queue empty.
+    let again = profile.probe(Some(emulator.local_addr())).await;
+    assert_eq!(again.result.expect("reached").1, Ok(()));
+
+    // Nobody listening: a link failure naming the address and the step.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let addr = free.local_addr().expect("addr");
+    drop(free);
+    let gone = profile.probe(Some(addr)).await;
+    let e = gone.result.expect_err("not reached");
+    assert_eq!(e.addr, addr.to_string());
+    assert_eq!(e.command, "connect");
+    // An emulated instrument whose emulator was never started is not reached either.
+    let e = profile.probe(None).await.result.expect_err("no emulator");
+    assert!(
+        e.to_string()
+            .contains("emulator of instrument src was not started"),
+        "{e}"
     );
 }
