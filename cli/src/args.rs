@@ -67,6 +67,39 @@ pub enum Command {
     /// Run the head-end: subscribe to meters' MQTT telemetry, poll their Modbus registers,
     /// raise and store alarms
     HeadEnd(crate::head_end_cmd::HeadEndArgs),
+    /// Hardware in the loop: AC sources and meters of a lab profile
+    Hil(HilArgs),
+}
+
+/// `gridloop hil`.
+#[derive(Debug, Clone, Args)]
+pub struct HilArgs {
+    #[command(subcommand)]
+    pub command: HilCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum HilCommand {
+    /// Identify a lab's instruments (*IDN?, SYST:ERR?) and meters (firmware, voltages,
+    /// frequency, encoding handshake); emulated entries are started in-process
+    #[command(after_help = HIL_PROBE_EXIT_CODES)]
+    Probe(HilProbeArgs),
+}
+
+const HIL_PROBE_EXIT_CODES: &str = "\
+Exit codes:
+  0  every instrument and meter was reached; error queues empty, encodings verified
+  1  everything was reached, but an instrument reported errors, a meter answered with an
+     exception, or a meter's encoding is not the lab's (mismatch, ambiguous, undetermined)
+  2  invalid lab profile (the message names file:line:column and the field)
+  3  something could not be reached (NOT REACHED lines), or an emulator could not start";
+
+/// `gridloop hil probe`.
+#[derive(Debug, Clone, Args)]
+pub struct HilProbeArgs {
+    /// The lab profile (YAML; see lab/emulated.yaml)
+    #[arg(long, value_name = "FILE")]
+    pub lab: PathBuf,
 }
 
 /// `gridloop meter`: one meter, or a gateway of several, running a scenario in real time.
@@ -198,7 +231,8 @@ pub struct RunArgs {
 
     /// `sim`: virtual time, modelled network (fast, deterministic). `live`: real time on real
     /// sockets — broker, virtual meters and the head-end — judged by the same expectations
-    /// (scenarios run one after another)
+    /// (scenarios run one after another). `hil`: the supply programmed into the lab's AC
+    /// sources over SCPI (`--lab`; emulated labs for now) feeds the meters, then as live
     #[arg(long, value_enum, default_value_t = Mode::Sim)]
     pub mode: Mode,
 
@@ -221,6 +255,11 @@ pub struct RunArgs {
     /// connection and alarm store) [default: one per substation]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub head_ends: Option<u16>,
+
+    /// HIL mode: the lab profile (instruments, meters, safety limits); `lab/emulated.yaml`
+    /// runs the whole HIL path on emulators
+    #[arg(long, value_name = "FILE")]
+    pub lab: Option<PathBuf>,
 
     /// Live mode: keep the head-end's alarm stores (JSON Lines, one alarm per line) in this
     /// directory, one `<scenario>.<instance>.alarms.jsonl` per scenario and instance [default: a scratch directory,

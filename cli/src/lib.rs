@@ -10,6 +10,7 @@ pub mod exit;
 pub mod export;
 pub mod fleet;
 pub mod head_end_cmd;
+pub mod hil;
 pub mod hil_run;
 pub mod live;
 pub mod load;
@@ -54,6 +55,7 @@ pub fn main() -> ExitCode {
         Command::Calibrate(args) => calibrate::calibrate(args),
         Command::Broker(args) => broker::broker(args),
         Command::HeadEnd(args) => head_end_cmd::head_end(args),
+        Command::Hil(args) => hil::hil(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -24,6 +24,54 @@ use crate::report_dir::StagedReporters;
 use crate::staged::same_file;
 use sim_core::Scenario;
 
+/// `--mode hil`: the lab profile (`--lab`), which must be emulated for now — its sources
+/// (their dialect and the lab's safety limits) are SCPI emulators and its meters virtual ones.
+fn hil_options(args: &RunArgs, live: LiveOptions) -> Result<crate::hil_run::HilOptions, Failure> {
+    use hil_bridge::lab::{InstrumentTransport, Lab, MeterTransport};
+    let Some(path) = &args.lab else {
+        return Err(Failure::msg(
+            INVALID_INPUT,
+            "--mode hil needs --lab FILE (lab/emulated.yaml runs the HIL path on emulators)",
+        ));
+    };
+    let lab = Lab::load(path).map_err(|e| Failure::msg(INVALID_INPUT, e.to_string()))?;
+    let hardware = lab
+        .instruments
+        .iter()
+        .filter(|i| !matches!(i.transport, InstrumentTransport::Emulated))
+        .map(|i| i.name.clone())
+        .chain(
+            lab.meters
+                .iter()
+                .filter(|m| !matches!(m.transport, MeterTransport::Emulated { .. }))
+                .map(|m| m.name.clone()),
+        )
+        .collect::<Vec<_>>();
+    if !hardware.is_empty() {
+        return Err(Failure::msg(
+            ENVIRONMENT,
+            format!(
+                "{}: runs with real instruments or meters ({}) are not built yet (issue 6); \
+                 `gridloop hil probe --lab {}` checks them",
+                path.display(),
+                hardware.join(", "),
+                path.display()
+            ),
+        ));
+    }
+    let Some(source) = lab.instruments.first() else {
+        return Err(Failure::msg(
+            INVALID_INPUT,
+            format!("{}: no instrument to program the supply", path.display()),
+        ));
+    };
+    Ok(crate::hil_run::HilOptions {
+        live,
+        dialect: source.dialect,
+        safety: lab.safety,
+    })
+}
+
 /// Runs one scenario: sim mode's harness or live mode.
 type Runner<'a> = dyn Fn(&Scenario, &str) -> ScenarioOutcome + Sync + 'a;
 
@@ -149,7 +197,7 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
 
     let live = match args.mode {
         Mode::Sim => None,
-        Mode::Live => Some(LiveOptions {
+        Mode::Live | Mode::Hil => Some(LiveOptions {
             broker: args.mqtt.broker_url()?.ok_or_else(|| {
                 Failure::msg(
                     INVALID_INPUT,
@@ -166,18 +214,27 @@ pub fn run(args: &RunArgs, color: bool) -> CommandResult {
                 ..args.mqtt.clone()
             },
         }),
-        Mode::Hil => {
-            return Err(Failure::msg(
-                ENVIRONMENT,
-                "--mode hil needs the HIL bridge, which is not built yet",
-            ))
-        }
+    };
+    let hil = match (args.mode, &live) {
+        (Mode::Hil, Some(live)) => Some(hil_options(args, live.clone())?),
+        _ => None,
     };
     // Live runs take real time and real sockets: one scenario at a time.
     let live_pool;
-    let (pool, runner): (&rayon::ThreadPool, Box<Runner<'_>>) = match &live {
-        None => (&pool, Box::new(sim_core::harness::run)),
-        Some(opts) => {
+    let (pool, runner): (&rayon::ThreadPool, Box<Runner<'_>>) = match (&live, &hil) {
+        (None, _) => (&pool, Box::new(sim_core::harness::run)),
+        (Some(_), Some(hil)) => {
+            live_pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|i| format!("gridloop-hil-{i}"))
+                .build()
+                .or_exit(ENVIRONMENT, || "cannot start the HIL runner thread".into())?;
+            (
+                &live_pool,
+                Box::new(move |s: &Scenario, f: &str| crate::hil_run::run_hil(s, f, hil)),
+            )
+        }
+        (Some(opts), None) => {
             live_pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(1)
                 .thread_name(|i| format!("gridloop-live-{i}"))

@@ -13,6 +13,7 @@ mod calibrate;
 mod export;
 mod fleet;
 mod head_end;
+mod hil;
 mod hil_run;
 mod live;
 mod meter;
