@@ -331,60 +331,38 @@ impl Instrument {
             Dialect::Chroma => "Chroma ATE,61511,EMU0001,1.00-emulated",
             Dialect::Ametek => "AMETEK Programmable Power,Sequoia SQ45,EMU0002,1.00-emulated",
         };
-        let mut i = Instrument {
-            dialect,
-            max_volts,
-            idn: idn.to_string(),
-            errors: VecDeque::new(),
-            remote: false,
-            volts: 0.0,
-            freq: 0.0,
-            volt_limit: 0.0,
-            output_on: false,
-            volt_mode: Mode::Fixed,
-            freq_mode: Mode::Fixed,
-            list_cycles: false,
-            list_volt_start: vec![],
-            list_volt_end: vec![],
-            list_freq_start: vec![],
-            list_freq_end: vec![],
-            list_dwell: vec![],
-            list_count: 1,
-            list_phase: None,
-            pulse_volts: 0.0,
-            pulse_period: 0.0,
-            pulse_width: None,
-            pulse_dcyc: 50.0,
-            pulse_count: 1,
-            pulse_phase: None,
-            sync_phase: false,
-            sync_deg: 0.0,
-            transient: None,
-        };
-        i.reset();
-        i
+        Instrument::after_reset(dialect, max_volts, idn.to_string(), VecDeque::new(), false)
     }
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
 
+    /// `*RST`: every setting back to its power-on value; identity, error queue and remote
+    /// state are kept.
     fn reset(&mut self) {
-        let keep = (
-            self.dialect,
-            self.max_volts,
-            std::mem::take(&mut self.idn),
-            std::mem::take(&mut self.errors),
-        );
-        *self = Instrument {
-            dialect: keep.0,
-            max_volts: keep.1,
-            idn: keep.2,
-            errors: keep.3,
-            remote: self.remote,
+        let idn = std::mem::take(&mut self.idn);
+        let errors = std::mem::take(&mut self.errors);
+        *self = Instrument::after_reset(self.dialect, self.max_volts, idn, errors, self.remote);
+    }
+
+    /// An instrument in its reset state.
+    fn after_reset(
+        dialect: Dialect,
+        max_volts: f64,
+        idn: String,
+        errors: VecDeque<ScpiError>,
+        remote: bool,
+    ) -> Instrument {
+        Instrument {
+            dialect,
+            max_volts,
+            idn,
+            errors,
+            remote,
             volts: 0.0,
             freq: 50.0,
-            volt_limit: keep.1,
+            volt_limit: max_volts,
             output_on: false,
             volt_mode: Mode::Fixed,
             freq_mode: Mode::Fixed,
@@ -405,7 +383,7 @@ impl Instrument {
             sync_phase: false,
             sync_deg: 0.0,
             transient: None,
-        };
+        }
     }
 
     /// The error queue, oldest first.
