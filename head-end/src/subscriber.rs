@@ -145,7 +145,13 @@ struct AlarmOut {
     /// A publish could not be handed over: the count stops advancing, so a restart publishes
     /// everything from there again (at least once, never lost).
     frozen: bool,
+    /// When the count was last written: at most every [`MARK_EVERY`] during a run (a lag
+    /// only means re-publishing after a crash), and once at the end.
+    marked: Option<tokio::time::Instant>,
 }
+
+/// Longest lag of the store's published count behind the broker's acknowledgements.
+const MARK_EVERY: Duration = Duration::from_millis(250);
 
 impl AlarmOut {
     fn start(cfg: &SubscriberConfig, store: Option<&AlarmStore>) -> AlarmOut {
@@ -184,6 +190,7 @@ impl AlarmOut {
             base: store.map_or(0, AlarmStore::published),
             handed: 0,
             frozen: false,
+            marked: None,
         }
     }
 
@@ -216,11 +223,21 @@ impl AlarmOut {
         }
     }
 
-    /// Record in the store how many of its alarms the broker has acknowledged on the topic.
-    fn mark(&self, store: &mut AlarmStore) {
+    /// Record in the store how many of its alarms the broker has acknowledged on the topic, if
+    /// the last record is older than [`MARK_EVERY`] (`force`: now).
+    fn mark(&mut self, store: &mut AlarmStore, force: bool) {
         if self.frozen {
             return;
         }
+        let now = tokio::time::Instant::now();
+        if !force
+            && self
+                .marked
+                .is_some_and(|t| now.duration_since(t) < MARK_EVERY)
+        {
+            return;
+        }
+        self.marked = Some(now);
         let done = self.base + self.acked().min(self.handed);
         if let Err(e) = store.mark_published(done) {
             tracing::warn!("alarm store: cannot record the published count: {e}");
@@ -447,7 +464,7 @@ pub async fn run_head_end(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if let Some(store) = store.as_mut() {
-            out.mark(store);
+            out.mark(store, true);
         }
     }
     let _ = client.disconnect().await;
@@ -492,7 +509,7 @@ async fn flush(
         }
     }
     if let (Some(out), Some(store)) = (out, store.as_mut()) {
-        out.mark(store);
+        out.mark(store, false);
     }
     for p in to_ack.drain(..) {
         client
