@@ -8,9 +8,11 @@
 //! What this proves: the whole chain scenario → program → dialect → instrument → supply →
 //! meter → head-end → verdict on real sockets. A disturbance the sources cannot program (a
 //! phase jump, harmonics on these dialects, a ramp AMETEK lists cannot do) fails the run with
-//! the driver's error, naming it. Real hardware (a lab profile's sources and meters) is the
+//! the driver's error, naming it. Ctrl-C, an error and the end of the run all switch every
+//! source's output off (and wait for the emulator to confirm it). Real hardware (a lab profile's sources and meters) is the
 //! next step of issue 6.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hil_bridge::emulator::{outputs_to_disturbances, EmulatedOutput, Emulator, Instrument};
@@ -33,8 +35,17 @@ pub struct HilOptions {
     pub safety: SafetyLimits,
 }
 
+/// Set by Ctrl-C during an HIL run: the scenarios after it are not run.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
 /// Run `scenario` through emulated sources; `file` is the path shown in reports.
 pub fn run_hil(scenario: &Scenario, file: &str, opts: &HilOptions) -> ScenarioOutcome {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        let why = "not run: the HIL run was interrupted (Ctrl-C)".to_owned();
+        let mut outcome = live_outcome(scenario, file, Err(why));
+        outcome.mode = "hil";
+        return outcome;
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -105,7 +116,15 @@ async fn hil(scenario: &Scenario, opts: &HilOptions) -> Result<Observations, Str
         disturbances,
         ..scenario.clone()
     };
-    let result = live(&fed, &opts.live).await;
+    // Ctrl-C ends the run here, so the sources below are switched off before the process
+    // exits (the live run is dropped: its head-end and meters stop with it).
+    let result = tokio::select! {
+        r = live(&fed, &opts.live) => r,
+        _ = tokio::signal::ctrl_c() => {
+            INTERRUPTED.store(true, Ordering::Relaxed);
+            Err("interrupted (Ctrl-C): every source was switched off".to_owned())
+        }
+    };
     // Output off on every source, whatever the run did; the emulator confirms it.
     let mut off_errors = Vec::new();
     for (what, source, emulator) in sources {
