@@ -19,7 +19,7 @@ use hil_bridge::rtu::{Answer, DeviceException, ReadRequest, RegisterKind};
 const START_DEADLINE: Duration = Duration::from_secs(20);
 
 /// A child process killed (and reaped) when dropped.
-struct Peer(Child);
+pub(crate) struct Peer(Child);
 
 impl Drop for Peer {
     fn drop(&mut self) {
@@ -169,7 +169,9 @@ async fn pymodbus_tcp_meter_is_read_correctly() {
 }
 
 /// socat's pseudo-terminal pair: the two device paths, and socat itself.
-fn start_pty_pair() -> (Peer, String, String) {
+/// socat's pty pair (`socat -d -d pty,raw,echo=0 pty,raw,echo=0`): socat, killed when
+/// dropped, and the two device paths (waited for, bounded). Shared with `scpi_serial`.
+pub(crate) fn start_pty_pair() -> (Peer, String, String) {
     let mut child = Command::new("socat")
         .args(["-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"])
         .stdout(Stdio::null())

@@ -4,10 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hil_bridge::emulator::Instrument;
 use hil_bridge::scpi::{LinkFailure, ScpiLink};
@@ -16,17 +15,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::sync::watch;
 use tokio_serial::SerialPortBuilderExt;
 
+use super::pymodbus_peer::start_pty_pair;
+
 const WITHIN: Duration = Duration::from_secs(5);
-
-/// socat, killed and reaped when dropped.
-struct Socat(Child);
-
-impl Drop for Socat {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn socat_present() -> bool {
     let ok = Command::new("socat")
@@ -43,39 +34,6 @@ fn socat_present() -> bool {
         eprintln!("skipped: socat not installed");
     }
     ok
-}
-
-/// socat's pty pair: socat and the two device paths (waits, bounded, for both names).
-fn pty_pair() -> (Socat, String, String) {
-    let mut child = Command::new("socat")
-        .args(["-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn socat");
-    let stderr = child.stderr.take().expect("stderr");
-    let socat = Socat(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Keeps draining after the names so socat never blocks on a full pipe.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + WITHIN;
-    let mut ptys = Vec::new();
-    while ptys.len() < 2 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("socat to report two ptys in time");
-        if let Some((_, path)) = line.split_once("PTY is ") {
-            ptys.push(path.trim().to_owned());
-        }
-    }
-    let b = ptys.pop().unwrap();
-    let a = ptys.pop().unwrap();
-    (socat, a, b)
 }
 
 /// The instrument answering on serial port `path`: line in → `handle_line` → reply out.
@@ -129,7 +87,7 @@ async fn idn_and_a_list_program_over_a_pty_pair() {
     if !socat_present() {
         return;
     }
-    let (_socat, instrument_end, bridge_end) = pty_pair();
+    let (_socat, instrument_end, bridge_end) = start_pty_pair();
     let inst = Arc::new(Mutex::new(Instrument::new(Dialect::Chroma, 300.0)));
     let mut handled = serve(&instrument_end, inst.clone());
 
